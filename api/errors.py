@@ -1,0 +1,101 @@
+"""The one error shape, built by `error_response` for every error the API answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from pydantic import ValidationError
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from models.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+STATUS_BY_CODE = {
+    "validation_error": 422,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "method_not_allowed": 405,
+    "job_not_available": 409,
+    "conflict": 409,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "rate_limited": 429,
+    "internal_error": 500,
+    "service_unavailable": 503,
+}
+
+_CODE_BY_HTTP_STATUS = {status: code for code, status in STATUS_BY_CODE.items()}
+_CODE_BY_HTTP_STATUS[400] = "validation_error"
+
+
+class RequestInvalid(Exception):
+    """A request that fails validation: becomes a 422 with per-field reasons."""
+
+    def __init__(self, fields: dict[str, str], message: str = "The request is not valid.") -> None:
+        super().__init__(message)
+        self.fields = fields
+        self.message = message
+
+
+def error_response(code: str, message: str, fields: dict[str, str] | None = None) -> Response:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if fields is not None:
+        error["fields"] = fields
+    response = jsonify({"error": error})
+    response.status_code = STATUS_BY_CODE[code]
+    return response
+
+
+def field_reasons(exc: ValidationError) -> dict[str, str]:
+    """Pydantic's errors as `{"field.path": "why"}`; errors about the whole body go under `body`."""
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif err["type"] == "missing":
+            reason = "required"
+        elif err["type"] == "json_invalid":
+            reason = "not valid JSON"
+        elif err["type"] == "model_type" and path == "body":
+            reason = "must be a JSON object"
+        else:
+            reason = err["msg"].removeprefix("Value error, ")
+        fields.setdefault(path, reason)
+    return fields
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(DomainError)
+    def _domain(exc: DomainError) -> Response:
+        return error_response(exc.code, exc.message)
+
+    @app.errorhandler(RequestInvalid)
+    def _invalid(exc: RequestInvalid) -> Response:
+        return error_response("validation_error", exc.message, exc.fields)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(exc: RequestEntityTooLarge) -> Response:
+        return error_response("payload_too_large", "The request body is too large.")
+
+    @app.errorhandler(HTTPException)
+    def _http(exc: HTTPException) -> Response:
+        code = _CODE_BY_HTTP_STATUS.get(exc.code or 500, "internal_error")
+        message = {
+            "not_found": "No such resource.",
+            "method_not_allowed": "This method is not allowed here.",
+        }.get(code, exc.description or "The request could not be completed.")
+        if code == "validation_error":
+            return error_response(
+                code, "The request is not valid.", {"body": exc.description or ""}
+            )
+        return error_response(code, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response("internal_error", "Something went wrong on our side.")

@@ -1,0 +1,93 @@
+"""HTTP request bodies and response envelopes; the shared shapes come from models.schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from models.schemas import Coordinates, JobView, OfferView, PlaceIn, StrictModel, UserView
+
+Email = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+# APNs device tokens are hex; today 32 bytes, but Apple says not to rely on the length.
+DeviceTokenHex = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){8,100}$")]
+
+
+class RegisterBody(StrictModel):
+    role: Literal["customer", "driver"]
+    email: Email
+    password: Password
+    name: Name
+
+
+class LoginBody(StrictModel):
+    email: Email
+    password: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class DeviceBody(StrictModel):
+    token: DeviceTokenHex
+    platform: Literal["ios"]
+    environment: Literal["production", "sandbox"]
+
+
+class AvailabilityBody(StrictModel):
+    online: bool
+
+
+class LocationBody(Coordinates):
+    pass
+
+
+class JobCreateBody(StrictModel):
+    pickup: PlaceIn
+    dropoff: PlaceIn | None = None
+    notes: str | None = Field(default=None, max_length=2000)
+
+
+class JobsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    status: Literal["pending", "accepted", "cancelled", "expired"] | None = None
+
+
+class AuthAnswer(BaseModel):
+    user: UserView
+    token: str
+
+
+class DeviceAnswer(BaseModel):
+    token: str
+    platform: str
+    environment: str
+    active: bool
+
+
+class AvailabilityAnswer(BaseModel):
+    online: bool
+
+
+class OffersAnswer(BaseModel):
+    offers: list[OfferView]
+
+
+class JobsAnswer(BaseModel):
+    jobs: list[JobView]
+
+
+class HealthAnswer(BaseModel):
+    ok: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

@@ -1,0 +1,49 @@
+"""Celery configuration, read by `workers.celery_app` (one place for every Celery setting)."""
+
+from kombu import Queue
+
+from settings import settings
+
+broker_url = settings.broker_url
+broker_transport_options = {
+    # Longer than any retry countdown, so a delayed late-acked task is not redelivered early.
+    "visibility_timeout": 3600,
+    "global_keyprefix": f"{settings.redis_prefix}:celery:",
+    "socket_connect_timeout": settings.broker_publish_timeout_s,
+    # A publisher whose broker is down fails within about a second instead of retrying
+    # for many: the web request must not hang (beat re-dispatches what was not published).
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "connect_retries_timeout": settings.broker_publish_timeout_s * 2,
+    "socket_timeout": 5,
+}
+broker_connection_retry_on_startup = True
+result_backend = None
+task_ignore_result = True
+
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 4
+task_send_sent_event = True
+worker_send_task_events = True
+
+task_default_queue = "dispatch"
+task_queues = (Queue("dispatch"), Queue("push"))
+task_routes = {
+    "workers.tasks.send_push": {"queue": "push"},
+    "workers.tasks.*": {"queue": "dispatch"},
+}
+
+beat_schedule = {
+    "redispatch-undispatched-jobs": {
+        "task": "workers.tasks.redispatch_undispatched",
+        "schedule": max(1.0, settings.redispatch_after_s / 2),
+    },
+    "expire-due-jobs": {"task": "workers.tasks.expire_jobs", "schedule": 5.0},
+}
+timezone = "UTC"

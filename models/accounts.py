@@ -1,0 +1,137 @@
+"""Users (customers and drivers), driver profiles, passwords and bearer tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+
+from models.db import Base, UTCDateTime, utcnow
+from models.errors import Conflict, Unauthorized
+from settings import settings
+
+_hasher = PasswordHasher()
+# Compared against when the email is unknown, so a login takes as long either way.
+_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+class Role(StrEnum):
+    customer = "customer"
+    driver = "driver"
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("role IN ('customer', 'driver')", name="ck_users_role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(120))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    driver_profile: Mapped[DriverProfile | None] = relationship(
+        back_populates="user", uselist=False, lazy="joined"
+    )
+
+    @property
+    def is_driver(self) -> bool:
+        return self.role == Role.driver
+
+    @property
+    def is_customer(self) -> bool:
+        return self.role == Role.customer
+
+
+class DriverProfile(Base):
+    """A driver's standing: approved by an operator, online, and the job they are on."""
+
+    __tablename__ = "driver_profiles"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    approved: Mapped[bool] = mapped_column(Boolean, default=False)
+    online: Mapped[bool] = mapped_column(Boolean, default=False)
+    current_job_id: Mapped[int | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+
+    user: Mapped[User] = relationship(back_populates="driver_profile")
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def register_user(session: Session, role: Role, email: str, password: str, name: str) -> User:
+    """Create a user; a driver gets a profile, approved at once only where the
+    deployment auto-approves (development). Raises Conflict if the email is taken."""
+    email = normalize_email(email)
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict("An account with this email already exists.")
+    user = User(role=role.value, email=email, password_hash=_hasher.hash(password), name=name)
+    if role is Role.driver:
+        user.driver_profile = DriverProfile(approved=settings.auto_approve_drivers, online=False)
+    session.add(user)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError as exc:
+        raise Conflict("An account with this email already exists.") from exc
+    return user
+
+
+def authenticate(session: Session, email: str, password: str) -> User:
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    try:
+        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+    except (VerificationError, InvalidHashError) as exc:
+        raise Unauthorized("Wrong email or password.") from exc
+    if user is None:
+        raise Unauthorized("Wrong email or password.")
+    return user
+
+
+def approve_driver(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None or user.driver_profile is None:
+        raise LookupError(f"no driver with email {email!r}")
+    user.driver_profile.approved = True
+    return user
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(settings.secret_key, salt="dispatch.auth.v1")
+
+
+def issue_token(user: User) -> str:
+    return _serializer().dumps({"uid": user.id, "role": user.role})
+
+
+def user_id_for_token(token: str) -> int:
+    """The user id a bearer token was issued to; Unauthorized if forged or expired."""
+    try:
+        data: Any = _serializer().loads(token, max_age=settings.auth_token_ttl_s)
+    except SignatureExpired as exc:
+        raise Unauthorized("The token has expired; log in again.") from exc
+    except BadSignature as exc:
+        raise Unauthorized("The token is not valid.") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("uid"), int):
+        raise Unauthorized("The token is not valid.")
+    return int(data["uid"])
+
+
+def user_for_token(session: Session, token: str) -> User:
+    user = session.get(User, user_id_for_token(token))
+    if user is None:
+        raise Unauthorized("The token is not valid.")
+    return user

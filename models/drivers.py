@@ -1,0 +1,41 @@
+"""A driver's availability and position reports."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from sqlalchemy.orm import Session
+
+from models.accounts import DriverProfile, User
+from models.errors import Forbidden
+from models.positions import forget_position, record_position
+
+log = logging.getLogger(__name__)
+
+
+def _profile(driver: User) -> DriverProfile:
+    if not driver.is_driver or driver.driver_profile is None:
+        raise Forbidden("Only a driver can do this.")
+    return driver.driver_profile
+
+
+def set_availability(session: Session, r: redis.Redis, driver: User, online: bool) -> bool:
+    """Go online or offline. Offline drops the position so the index holds only the
+    drivers who may get work; going online needs a fresh position to be offered jobs."""
+    profile = _profile(driver)
+    profile.online = online
+    session.flush()
+    if not online:
+        try:
+            forget_position(r, driver.id)
+        except redis.RedisError:
+            # Safe to leave: eligibility also checks `online` in the database, and the
+            # position goes stale by itself.
+            log.warning("driver %s offline but position not dropped: Redis error", driver.id)
+    return profile.online
+
+
+def report_location(r: redis.Redis, driver: User, lat: float, lng: float) -> None:
+    _profile(driver)
+    record_position(r, driver.id, lat, lng)

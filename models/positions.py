@@ -1,0 +1,99 @@
+"""The live geo index of driver positions in Redis, and the eligibility rule built on it.
+
+Positions live in one GEO set; the time each was last reported lives in a sorted set
+beside it. A single Lua script does the radius search and drops stale positions, so the
+nearby query is one round trip and never scans all drivers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.accounts import DriverProfile
+from settings import settings
+
+# Redis GEO covers the Web Mercator band; positions nearer the poles are indexed at its edge.
+GEO_MAX_LAT = 85.05112878
+
+_NEARBY_SCRIPT = """
+local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
+                         'BYRADIUS', ARGV[3], 'km', 'WITHDIST', 'ASC')
+local fresh = {}
+for _, hit in ipairs(found) do
+  local seen = redis.call('ZSCORE', KEYS[2], hit[1])
+  if seen and tonumber(seen) >= tonumber(ARGV[4]) then
+    fresh[#fresh + 1] = hit[1]
+    fresh[#fresh + 1] = hit[2]
+  end
+end
+return fresh
+"""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    driver_id: int
+    distance_km: float
+
+
+def _geo_key() -> str:
+    return settings.redis_key("drivers", "geo")
+
+
+def _seen_key() -> str:
+    return settings.redis_key("drivers", "seen")
+
+
+def _indexable_lat(lat: float) -> float:
+    return max(-GEO_MAX_LAT, min(GEO_MAX_LAT, lat))
+
+
+def record_position(r: redis.Redis, driver_id: int, lat: float, lng: float) -> None:
+    """Store a driver's position and the time it was reported, atomically."""
+    pipe = r.pipeline(transaction=True)
+    pipe.geoadd(_geo_key(), (lng, _indexable_lat(lat), str(driver_id)))
+    pipe.zadd(_seen_key(), {str(driver_id): time.time()})
+    pipe.execute()
+
+
+def forget_position(r: redis.Redis, driver_id: int) -> None:
+    pipe = r.pipeline(transaction=True)
+    pipe.zrem(_geo_key(), str(driver_id))
+    pipe.zrem(_seen_key(), str(driver_id))
+    pipe.execute()
+
+
+def drivers_near(
+    r: redis.Redis, lat: float, lng: float, radius_km: float, stale_after_s: float
+) -> list[Candidate]:
+    """Drivers whose fresh position lies within `radius_km` of the point, nearest first."""
+    since = time.time() - stale_after_s
+    flat = r.eval(
+        _NEARBY_SCRIPT, 2, _geo_key(), _seen_key(), lng, _indexable_lat(lat), radius_km, since
+    )
+    pairs = zip(flat[::2], flat[1::2], strict=True)
+    return [Candidate(int(member), float(dist)) for member, dist in pairs]
+
+
+def eligible_drivers(session: Session, r: redis.Redis, lat: float, lng: float) -> list[Candidate]:
+    """The dispatch rule: online, approved, not on an accepted job, and last seen within
+    LOCATION_STALE_S at most DISPATCH_RADIUS_KM from the point; nearest first."""
+    near = drivers_near(r, lat, lng, settings.dispatch_radius_km, settings.location_stale_s)
+    if not near:
+        return []
+    available = set(
+        session.scalars(
+            select(DriverProfile.user_id).where(
+                DriverProfile.user_id.in_([c.driver_id for c in near]),
+                DriverProfile.online,
+                DriverProfile.approved,
+                DriverProfile.current_job_id.is_(None),
+            )
+        )
+    )
+    return [c for c in near if c.driver_id in available]

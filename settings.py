@@ -1,0 +1,84 @@
+"""The one config object: every environment variable the service reads is mapped here."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent
+DEFAULT_SQLITE_URL = f"sqlite:///{PROJECT_ROOT / 'var' / 'dispatch.sqlite3'}"
+DEV_SECRET_KEY = "dev-only-secret-key-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    database_url: str = Field(default="", validation_alias="DATABASE_URL")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
+    celery_broker_url: str = Field(default="", validation_alias="CELERY_BROKER_URL")
+    redis_prefix: str = Field(default="dispatch", validation_alias="REDIS_PREFIX")
+    secret_key: str = Field(default=DEV_SECRET_KEY, validation_alias="SECRET_KEY")
+    auth_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0, validation_alias="AUTH_TOKEN_TTL_S")
+
+    dispatch_radius_km: float = Field(default=30.0, gt=0, validation_alias="DISPATCH_RADIUS_KM")
+    job_offer_ttl_s: int = Field(default=600, gt=0, validation_alias="JOB_OFFER_TTL_S")
+    location_stale_s: int = Field(default=120, gt=0, validation_alias="LOCATION_STALE_S")
+    redispatch_after_s: int = Field(default=5, gt=0, validation_alias="REDISPATCH_AFTER_S")
+    auto_approve_drivers: bool = Field(default=False, validation_alias="AUTO_APPROVE_DRIVERS")
+    idempotency_window_s: int = Field(
+        default=24 * 3600, gt=0, validation_alias="IDEMPOTENCY_WINDOW_S"
+    )
+    max_body_bytes: int = Field(default=64 * 1024, gt=0, validation_alias="MAX_BODY_BYTES")
+    login_attempts_per_minute: int = Field(
+        default=10, gt=0, validation_alias="LOGIN_ATTEMPTS_PER_MINUTE"
+    )
+    broker_publish_timeout_s: float = Field(
+        default=0.5, gt=0, validation_alias="BROKER_PUBLISH_TIMEOUT_S"
+    )
+
+    api_port: int = Field(default=8000, validation_alias="API_PORT")
+    realtime_port: int = Field(default=8001, validation_alias="REALTIME_PORT")
+    flower_port: int = Field(default=5555, validation_alias="FLOWER_PORT")
+    flower_basic_auth: str = Field(default="", validation_alias="FLOWER_BASIC_AUTH")
+
+    apns_key_path: str = Field(default="", validation_alias="APNS_KEY_PATH")
+    apns_key_id: str = Field(default="", validation_alias="APNS_KEY_ID")
+    apns_team_id: str = Field(default="", validation_alias="APNS_TEAM_ID")
+    apns_topic: str = Field(default="", validation_alias="APNS_TOPIC")
+    apns_host: str = Field(default="", validation_alias="APNS_HOST")
+    apns_port: int = Field(default=443, validation_alias="APNS_PORT")
+    apns_ca_file: str = Field(default="", validation_alias="APNS_CA_FILE")
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix_has_no_colon(cls, value: str) -> str:
+        return value.rstrip(":")
+
+    @cached_property
+    def sqlalchemy_url(self) -> str:
+        """`DATABASE_URL`, or the embedded SQLite file when it is unset."""
+        url = self.database_url or DEFAULT_SQLITE_URL
+        for scheme in ("postgres://", "postgresql://"):
+            if url.startswith(scheme):  # SQLAlchemy 2.1 would pick psycopg 3 for these
+                url = "postgresql+psycopg2://" + url.removeprefix(scheme)
+        return url
+
+    @cached_property
+    def broker_url(self) -> str:
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def apns_configured(self) -> bool:
+        return bool(
+            self.apns_key_path and self.apns_key_id and self.apns_team_id and self.apns_topic
+        )
+
+    def redis_key(self, *parts: str | int) -> str:
+        """A Redis key under this deployment's prefix, so tests and dev never share keys."""
+        return ":".join([self.redis_prefix, *(str(part) for part in parts)])
+
+
+settings = Settings()

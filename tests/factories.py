@@ -1,0 +1,88 @@
+"""Test data made through the public API, the way the apps make it."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from flask.testing import FlaskClient
+
+from models.db import redis_connection, session_scope
+from models.jobs import Job
+from models.offers import offer_job
+
+_serial = itertools.count(1)
+PASSWORD = "correct horse battery"
+
+# A point in Lisbon and points at known great-circle distances north of it (1° lat ≈ 111.2 km).
+ORIGIN = (38.7223, -9.1393)
+
+
+def north_of(origin: tuple[float, float], km: float) -> tuple[float, float]:
+    return origin[0] + km / 111.195, origin[1]
+
+
+@dataclass
+class Account:
+    id: int
+    role: str
+    email: str
+    name: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+class Factory:
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def account(self, role: str, name: str | None = None) -> Account:
+        n = next(_serial)
+        body = {
+            "role": role,
+            "email": f"{role}{n}@example.com",
+            "password": PASSWORD,
+            "name": name or f"{role.title()} {n}",
+        }
+        answer = self.client.post("/api/v1/auth/register", json=body)
+        assert answer.status_code == 201, answer.json
+        user = answer.json["user"]
+        return Account(user["id"], role, user["email"], user["name"], answer.json["token"])
+
+    def customer(self, name: str | None = None) -> Account:
+        return self.account("customer", name)
+
+    def driver(
+        self, at: tuple[float, float] | None = ORIGIN, online: bool = True, name: str | None = None
+    ) -> Account:
+        driver = self.account("driver", name)
+        if online:
+            answer = self.client.put(
+                "/api/v1/drivers/me/availability", json={"online": True}, headers=driver.headers
+            )
+            assert answer.status_code == 200, answer.json
+        if at is not None:
+            answer = self.client.put(
+                "/api/v1/drivers/me/location",
+                json={"lat": at[0], "lng": at[1]},
+                headers=driver.headers,
+            )
+            assert answer.status_code == 204, answer.json
+        return driver
+
+    def job(self, customer: Account, at: tuple[float, float] = ORIGIN, **extra: Any) -> dict:
+        body = {"pickup": {"lat": at[0], "lng": at[1]}, **extra}
+        answer = self.client.post("/api/v1/jobs", json=body, headers=customer.headers)
+        assert answer.status_code == 201, answer.json
+        return answer.json
+
+    def offer(self, job_id: int) -> list[int]:
+        """Make the offers the dispatch task would make (its I/O left out)."""
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            return [o.driver_id for o in offer_job(session, redis_connection(), job)]
