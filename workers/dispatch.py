@@ -18,6 +18,8 @@ from workers.events import customer_room, driver_room, emit
 
 log = logging.getLogger(__name__)
 
+REDISPATCH_HOLD_S = 30
+
 
 def _job(session: Session, job_id: int) -> Job | None:
     job = session.get(Job, job_id)
@@ -83,8 +85,13 @@ def announce_removal(job_id: int) -> tuple[str, int] | None:
 
 
 def jobs_to_redispatch() -> list[int]:
+    """Undispatched pending jobs, each handed out at most once per REDISPATCH_HOLD_S so a
+    backlog in the queue is not multiplied by every beat tick."""
     with session_scope() as session:
-        return undispatched_job_ids(session, settings.redispatch_after_s)
+        job_ids = undispatched_job_ids(session, settings.redispatch_after_s)
+    r = redis_connection()
+    hold = settings.redis_key("redispatch")
+    return [j for j in job_ids if r.set(f"{hold}:{j}", 1, nx=True, ex=REDISPATCH_HOLD_S)]
 
 
 def expire_jobs_now() -> list[int]:

@@ -8,11 +8,30 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import redis
 import socketio
 
 from settings import settings
 
-_managers: dict[int, socketio.RedisManager] = {}
+
+class PublishingRedisManager(socketio.RedisManager):
+    """python-socketio logs and drops a publish that fails twice; a task must see the
+    failure, so that it is retried rather than marking drivers notified who were not."""
+
+    connected: bool
+    redis: Any
+
+    def _publish(self, data: Any) -> Any:
+        try:
+            if not self.connected:
+                self._redis_connect()
+            return self.redis.publish(self.channel, self.json.dumps(data))
+        except redis.RedisError:
+            self.connected = False
+            raise
+
+
+_managers: dict[int, PublishingRedisManager] = {}
 
 
 def socketio_channel() -> str:
@@ -28,13 +47,16 @@ def customer_room(customer_id: int) -> str:
     return f"customer:{customer_id}"
 
 
-def _manager() -> socketio.RedisManager:
+def _manager() -> PublishingRedisManager:
     pid = os.getpid()
     manager = _managers.get(pid)
     if manager is None:
         _managers.clear()
-        manager = socketio.RedisManager(
-            settings.redis_url, channel=socketio_channel(), write_only=True
+        manager = PublishingRedisManager(
+            settings.redis_url,
+            channel=socketio_channel(),
+            write_only=True,
+            redis_options={"socket_connect_timeout": 1, "socket_timeout": 5},
         )
         _managers[pid] = manager
     return manager
