@@ -7,6 +7,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify
 from pydantic import ValidationError
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from models.errors import DomainError
@@ -94,6 +96,12 @@ def register_error_handlers(app: Flask) -> None:
                 code, "The request is not valid.", {"body": exc.description or ""}
             )
         return error_response(code, message)
+
+    @app.errorhandler(DatabaseUnavailable)
+    @app.errorhandler(RedisError)
+    def _backing_service(exc: Exception) -> Response:
+        log.error("backing service unavailable: %s", exc)
+        return error_response("service_unavailable", "A backing service is unavailable; retry.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
