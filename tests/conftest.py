@@ -41,6 +41,8 @@ from models.db import engine, redis_connection  # noqa: E402
 from settings import PROJECT_ROOT, settings  # noqa: E402
 from tests.factories import Factory  # noqa: E402
 
+pytest_plugins = ["tests.fake_apns_fixtures"]
+
 TABLES = "offers, device_tokens, driver_profiles, jobs, users"
 
 

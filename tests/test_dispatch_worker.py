@@ -1,0 +1,161 @@
+"""notify_nearby / notify_accepted / notify_removed in a real Celery worker process, on the
+real Redis broker and PostgreSQL, read off the Socket.IO message queue."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+from sqlalchemy import func, select
+
+from models.db import session_scope
+from models.jobs import Offer
+from settings import settings
+from tests.events import EventTap
+from tests.factories import ORIGIN, Account, Factory, north_of
+from tests.processes import Process, start_worker, wait_until
+from workers.enqueue import enqueue
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    process = start_worker(tmp_path_factory.mktemp("worker"), concurrency=1)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def tap() -> Iterator[EventTap]:
+    events = EventTap()
+    time.sleep(0.1)  # the subscription is live before anything is emitted
+    yield events
+    events.close()
+
+
+def _offers(job_id: int) -> list[int]:
+    with session_scope() as session:
+        return sorted(session.scalars(select(Offer.driver_id).where(Offer.job_id == job_id)))
+
+
+def _rooms(events: list[tuple[object, dict]]) -> list[object]:
+    return sorted(str(room) for room, _ in events)
+
+
+def test_job_reaches_exactly_the_eligible_drivers(worker, tap, client, factory: Factory) -> None:
+    customer = factory.customer()
+    near = [factory.driver(at=north_of(ORIGIN, km)) for km in (1, 5, 25)]
+    factory.driver(at=north_of(ORIGIN, 40))  # far
+    factory.driver(online=False)  # offline
+    stale = factory.driver()
+    busy = factory.driver()
+    redis_seen = settings.redis_key("drivers", "seen")
+    tap_client = tap._client  # same Redis as the app
+    tap_client.zadd(redis_seen, {str(stale.id): time.time() - settings.location_stale_s - 5})
+    earlier = factory.job(customer)
+    factory.offer(earlier["id"])
+    took = client.post(f"/api/v1/jobs/{earlier['id']}/accept", headers=busy.headers)
+    assert took.status_code == 200
+
+    job = factory.job(customer, at=ORIGIN, notes="flat tyre")
+
+    offers = tap.wait_for("job:new", count=3)
+    assert _rooms(offers) == sorted(f"driver:{d.id}" for d in near)
+    by_room = {room: payload for room, payload in offers}
+    first = by_room[f"driver:{near[0].id}"]
+    assert first["job"]["id"] == job["id"]
+    assert first["job"]["notes"] == "flat tyre"
+    assert first["distance_km"] == pytest.approx(1.0, abs=0.01)
+    assert set(first) == {"job", "distance_km", "offered_at"}
+    assert first["offered_at"].endswith("Z")
+    wait_until(lambda: _offers(job["id"]) == sorted(d.id for d in near), 10, "offers recorded")
+    time.sleep(0.5)  # nothing more arrives for the others
+    assert len(tap.of("job:new")) == 3
+
+
+def test_a_task_delivered_twice_offers_nobody_twice(worker, tap, factory: Factory) -> None:
+    customer = factory.customer()
+    drivers = [factory.driver() for _ in range(3)]
+    job = factory.job(customer)
+    tap.wait_for("job:new", count=3)
+    assert enqueue("notify_nearby", job["id"])
+    assert enqueue("notify_nearby", job["id"])
+    late = factory.driver()  # became eligible after the first run: offered once, by a rerun
+    assert enqueue("notify_nearby", job["id"])
+    tap.wait_for("job:new", count=4)
+    wait_until(lambda: late.id in _offers(job["id"]), 10, "the late driver's offer")
+    time.sleep(0.5)
+    rooms = [room for room, _ in tap.of("job:new")]
+    assert sorted(rooms) == sorted(f"driver:{d.id}" for d in [*drivers, late])
+    with session_scope() as session:
+        count = session.scalar(select(func.count()).where(Offer.job_id == job["id"]))
+    assert count == 4
+
+
+def test_accept_and_cancel_reach_every_offered_driver(worker, tap, client, factory: Factory):
+    customer = factory.customer()
+    winner, other = factory.driver(), factory.driver()
+    job = factory.job(customer)
+    tap.wait_for("job:new", count=2)
+    assert (
+        client.post(f"/api/v1/jobs/{job['id']}/accept", headers=winner.headers).status_code == 200
+    )
+
+    [(rooms, accepted)] = tap.wait_for("job:accepted")
+    assert sorted(rooms) == sorted([f"driver:{winner.id}", f"driver:{other.id}"])
+    assert accepted["job_id"] == job["id"] and accepted["accepted_at"].endswith("Z")
+    [(status_rooms, status)] = tap.wait_for("job:status")
+    assert sorted(status_rooms) == sorted([f"customer:{customer.id}", f"driver:{winner.id}"])
+    assert status["status"] == "accepted" and status["driver"]["id"] == winner.id
+
+    assert (
+        client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=customer.headers).status_code == 200
+    )
+    [(removed_rooms, removed)] = tap.wait_for("job:removed")
+    assert sorted(removed_rooms) == sorted([f"driver:{winner.id}", f"driver:{other.id}"])
+    assert removed == {"job_id": job["id"], "reason": "cancelled"}
+
+
+def _hold_offer_row(job_id: int, driver: Account) -> psycopg2.extensions.connection:
+    """Insert (uncommitted) the offer the task is about to insert: its INSERT then waits."""
+    conn = psycopg2.connect(os.environ["DATABASE_URL"])
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO offers (job_id, driver_id, distance_km, offered_at)"
+            " VALUES (%s, %s, 0, now())",
+            (job_id, driver.id),
+        )
+    return conn
+
+
+def _busy_child_pids(worker: Process) -> list[int]:
+    children = Path(f"/proc/{worker.popen.pid}/task/{worker.popen.pid}/children").read_text()
+    return [int(pid) for pid in children.split()]
+
+
+def test_worker_killed_mid_task_loses_no_offer(worker, tap, factory: Factory) -> None:
+    customer = factory.customer()
+    drivers = [factory.driver() for _ in range(5)]
+    job = factory.job(customer)  # dispatched at once: every driver offered
+    tap.wait_for("job:new", count=5)
+    late = factory.driver()
+    held = _hold_offer_row(job["id"], late)
+    received = worker.log().count("] received")
+    try:
+        assert enqueue("notify_nearby", job["id"])
+        wait_until(lambda: worker.log().count("] received") > received, 10, "the rerun to start")
+        time.sleep(0.5)  # it is now blocked inside the task, on the held row
+        for pid in _busy_child_pids(worker):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        held.rollback()
+        held.close()
+    tap.wait_for("job:new", count=6, timeout_s=30)
+    assert late.id in _offers(job["id"])
+    assert _offers(job["id"]) == sorted(d.id for d in [*drivers, late])
