@@ -75,8 +75,28 @@ class Factory:
             assert answer.status_code == 204, answer.json
         return driver
 
-    def job(self, customer: Account, at: tuple[float, float] = ORIGIN, **extra: Any) -> dict:
-        body = {"pickup": {"lat": at[0], "lng": at[1]}, **extra}
+    def device(self, account: Account, environment: str = "production") -> str:
+        """Register a fresh APNs token for the account; returns the token."""
+        token = f"{next(_serial):064x}"
+        answer = self.client.post(
+            "/api/v1/devices",
+            json={"token": token, "platform": "ios", "environment": environment},
+            headers=account.headers,
+        )
+        assert answer.status_code == 201, answer.json
+        return token
+
+    def job(
+        self,
+        customer: Account,
+        at: tuple[float, float] = ORIGIN,
+        address: str | None = None,
+        **extra: Any,
+    ) -> dict:
+        pickup: dict[str, Any] = {"lat": at[0], "lng": at[1]}
+        if address is not None:
+            pickup["address"] = address
+        body = {"pickup": pickup, **extra}
         answer = self.client.post("/api/v1/jobs", json=body, headers=customer.headers)
         assert answer.status_code == 201, answer.json
         return answer.json

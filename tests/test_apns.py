@@ -11,6 +11,7 @@ from models.db import redis_connection
 from settings import settings
 from workers import apns
 from workers.apns import Outcome, Push, classify, send_pushes
+from workers.tasks import push_backoff_s
 
 pytestmark = pytest.mark.usefixtures("apns_settings")
 
@@ -188,3 +189,10 @@ def test_not_configured_sends_nothing(monkeypatch: pytest.MonkeyPatch, fake_apns
     [result] = send_pushes([offer_push()])
     assert (result.outcome, result.reason) == (Outcome.dropped, "apns_not_configured")
     assert fake_apns.received() == []
+
+
+def test_push_backoff_grows_with_jitter_and_a_floor() -> None:
+    for attempt, (low, high) in enumerate([(1, 2), (2, 4), (4, 8), (8, 16), (16, 32), (30, 60)]):
+        delays = [push_backoff_s(attempt) for _ in range(200)]
+        assert low <= min(delays) and max(delays) <= high
+        assert len(set(delays)) > 1

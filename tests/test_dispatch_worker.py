@@ -7,13 +7,16 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import psycopg2
 import pytest
 from sqlalchemy import func, select
 
+from fake_apns import Behaviour, FakeAPNs
 from models.db import session_scope
+from models.devices import DeviceToken
 from models.jobs import Offer
 from settings import settings
 from tests.events import EventTap
@@ -25,8 +28,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    process = start_worker(tmp_path_factory.mktemp("worker"), concurrency=1)
+def worker(tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]) -> Iterator[Process]:
+    process = start_worker(tmp_path_factory.mktemp("worker"), env=apns_env, concurrency=1)
     yield process
     process.stop()
 
@@ -159,3 +162,112 @@ def test_worker_killed_mid_task_loses_no_offer(worker, tap, factory: Factory) ->
     tap.wait_for("job:new", count=6, timeout_s=30)
     assert late.id in _offers(job["id"])
     assert _offers(job["id"]) == sorted(d.id for d in [*drivers, late])
+
+
+def _device(token: str) -> tuple[bool, str | None]:
+    with session_scope() as session:
+        device = session.scalar(select(DeviceToken).where(DeviceToken.token == token))
+        assert device is not None
+        return device.active, device.last_apns_reason
+
+
+def test_offer_pushes_go_to_the_offered_drivers_devices(
+    worker, tap, factory: Factory, fake_apns: FakeAPNs
+) -> None:
+    customer = factory.customer()
+    near = factory.driver(at=north_of(ORIGIN, 2))
+    far = factory.driver(at=north_of(ORIGIN, 40))
+    phone, tablet = factory.device(near), factory.device(near, "sandbox")
+    far_phone = factory.device(far)
+    job = factory.job(customer, address="Rua Augusta 1")
+
+    wait_until(lambda: len(fake_apns.received()) == 2, 20, "two pushes")
+    assert sorted(p.token for p in fake_apns.received()) == sorted([phone, tablet])
+    assert fake_apns.received(far_phone) == []
+    [push] = fake_apns.received(phone)
+    assert push.payload == {
+        "aps": {
+            "alert": {"title": "New job nearby", "body": "2.0 km from you · Rua Augusta 1"},
+            "sound": "default",
+        },
+        "type": "job:new",
+        "job_id": job["id"],
+    }
+    expires = datetime.fromisoformat(job["expires_at"].replace("Z", "+00:00"))
+    assert push.headers["apns-expiration"] == str(int(expires.timestamp()))
+    assert push.headers["apns-collapse-id"] == f"job-{job['id']}"
+    assert (push.headers["apns-push-type"], push.headers["apns-priority"]) == ("alert", "10")
+    wait_until(lambda: _delivered(phone), 10, "delivery recorded")
+
+
+def _delivered(token: str) -> bool:
+    with session_scope() as session:
+        device = session.scalar(select(DeviceToken).where(DeviceToken.token == token))
+        return device is not None and device.last_pushed_at is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(410, "Unregistered"), (400, "BadDeviceToken"), (400, "DeviceTokenNotForTopic")],
+)
+def test_dead_tokens_are_deactivated_and_never_pushed_again(
+    worker, tap, factory: Factory, fake_apns: FakeAPNs, status: int, reason: str
+) -> None:
+    customer = factory.customer()
+    driver = factory.driver()
+    dead, alive = factory.device(driver), factory.device(driver)
+    fake_apns.behave(dead, Behaviour(status, reason))
+    factory.job(customer)
+    wait_until(lambda: _device(dead) == (False, reason), 20, "the dead token deactivated")
+    assert _device(alive) == (True, None)
+
+    factory.job(customer)
+    wait_until(lambda: len(fake_apns.received(alive)) == 2, 20, "the second job's push")
+    assert len(fake_apns.received(dead)) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"), [(429, "TooManyRequests"), (503, "ServiceUnavailable")]
+)
+def test_transient_answers_are_retried_until_delivered(
+    worker, tap, factory: Factory, fake_apns: FakeAPNs, status: int, reason: str
+) -> None:
+    customer = factory.customer()
+    driver = factory.driver()
+    phone = factory.device(driver)
+    fake_apns.behave(phone, Behaviour(status, reason, times=2))
+    factory.job(customer)
+    wait_until(lambda: len(fake_apns.received(phone)) == 3, 30, "two retries")
+    assert [p.status for p in fake_apns.received(phone)] == [status, status, 200]
+    assert _device(phone) == (True, None)
+
+
+def test_offer_push_is_not_retried_once_the_job_is_taken(
+    worker, tap, client, factory: Factory, fake_apns: FakeAPNs
+) -> None:
+    customer = factory.customer()
+    winner, other = factory.driver(), factory.driver()
+    phone = factory.device(other)
+    fake_apns.behave(phone, Behaviour(503, "ServiceUnavailable"))
+    job = factory.job(customer)
+    wait_until(lambda: len(fake_apns.received(phone)) == 1, 20, "the first attempt")
+    accepted = client.post(f"/api/v1/jobs/{job['id']}/accept", headers=winner.headers)
+    assert accepted.status_code == 200
+    time.sleep(3)  # past the first retry's backoff (1–2 s)
+    assert len(fake_apns.received(phone)) == 1
+
+
+def test_slow_or_down_apns_does_not_hold_back_job_new(
+    worker, tap, factory: Factory, fake_apns: FakeAPNs
+) -> None:
+    customer = factory.customer()
+    driver = factory.driver()
+    phone = factory.device(driver)
+    fake_apns.behave(phone, Behaviour(200, None, delay_s=8))
+    factory.job(customer)
+    tap.wait_for("job:new", timeout_s=5)
+    assert fake_apns.received(phone) == []  # the push is still waiting on APNs
+
+    fake_apns.down()
+    factory.job(customer)
+    tap.wait_for("job:new", count=2, timeout_s=5)

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 TRANSIENT = (RedisError, OperationalError, DatabaseUnavailable, ConnectionError)
 PUSH_MAX_RETRIES = 6
-PUSH_BACKOFF_BASE_S = 1.0
+PUSH_BACKOFF_BASE_S = 2.0
 PUSH_BACKOFF_CAP_S = 60.0
 
 
@@ -54,8 +54,10 @@ retried = {
 
 
 def push_backoff_s(attempt: int) -> float:
-    """Exponential backoff with full jitter: 1, 2, 4 … s, capped."""
-    return random.uniform(0, min(PUSH_BACKOFF_CAP_S, PUSH_BACKOFF_BASE_S * 2**attempt))
+    """Exponential backoff with equal jitter: 1–2 s, 2–4 s, 4–8 s …, capped at a minute.
+    The floor keeps a retry from racing the answer that made it pointless."""
+    ceiling = min(PUSH_BACKOFF_CAP_S, PUSH_BACKOFF_BASE_S * 2**attempt)
+    return random.uniform(ceiling / 2, ceiling)
 
 
 def queue_push(kind: PushKind, job_id: int, user_ids: list[int]) -> None:
