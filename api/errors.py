@@ -6,7 +6,6 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -50,25 +49,6 @@ def error_response(code: str, message: str, fields: dict[str, str] | None = None
     response = jsonify({"error": error})
     response.status_code = STATUS_BY_CODE[code]
     return response
-
-
-def field_reasons(exc: ValidationError) -> dict[str, str]:
-    """Pydantic's errors as `{"field.path": "why"}`; errors about the whole body go under `body`."""
-    fields: dict[str, str] = {}
-    for err in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in err["loc"]) or "body"
-        if err["type"] == "extra_forbidden":
-            reason = "unknown field"
-        elif err["type"] == "missing":
-            reason = "required"
-        elif err["type"] == "json_invalid":
-            reason = "not valid JSON"
-        elif err["type"] == "model_type" and path == "body":
-            reason = "must be a JSON object"
-        else:
-            reason = err["msg"].removeprefix("Value error, ")
-        fields.setdefault(path, reason)
-    return fields
 
 
 def register_error_handlers(app: Flask) -> None:

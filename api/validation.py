@@ -7,7 +7,8 @@ from typing import TypeVar
 from flask import request
 from pydantic import BaseModel, ValidationError
 
-from api.errors import RequestInvalid, field_reasons
+from api.errors import RequestInvalid
+from models.schemas import field_reasons
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -7,7 +7,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, ValidationError
 
 from models.accounts import User
 from models.jobs import Job, Offer, Place
@@ -114,3 +114,22 @@ class OfferView(BaseModel):
 def as_json(model: BaseModel) -> dict[str, Any]:
     """The JSON-ready dict of a view: what REST answers and what events and pushes carry."""
     return model.model_dump(mode="json")
+
+
+def field_reasons(exc: ValidationError) -> dict[str, str]:
+    """Pydantic's errors as `{"field.path": "why"}`; errors about the whole body go under `body`."""
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            reason = "unknown field"
+        elif err["type"] == "missing":
+            reason = "required"
+        elif err["type"] == "json_invalid":
+            reason = "not valid JSON"
+        elif err["type"] == "model_type" and path == "body":
+            reason = "must be a JSON object"
+        else:
+            reason = err["msg"].removeprefix("Value error, ")
+        fields.setdefault(path, reason)
+    return fields

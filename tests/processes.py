@@ -203,3 +203,19 @@ def _pings(client: redis.Redis) -> bool:
         return bool(client.ping())
     except redis.RedisError:
         return False
+
+
+def start_gateway(
+    log_dir: Path, env: dict[str, str] | None = None, name: str = "gateway"
+) -> tuple[Process, int]:
+    port = free_port()
+    process = Process(
+        name,
+        [str(BIN / "python"), "-m", "realtime"],
+        log_dir,
+        {**(env or {}), "REALTIME_PORT": str(port)},
+    )
+    wait_until(lambda: port_open(port) or not process.alive(), 30, "the gateway to listen")
+    if not process.alive():
+        raise RuntimeError(process.log())
+    return process, port

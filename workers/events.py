@@ -27,6 +27,8 @@ class PublishingRedisManager(socketio.RedisManager):
                 self._redis_connect()
             return self.redis.publish(self.channel, self.json.dumps(data))
         except redis.RedisError:
+            if self.redis is not None:
+                self.redis.close()
             self.connected = False
             raise
 

@@ -1,0 +1,24 @@
+"""`python -m realtime`: serve the gateway on REALTIME_PORT under uvicorn."""
+
+import logging
+
+import uvicorn
+
+from settings import settings
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(
+        "realtime.gateway:app",
+        host="0.0.0.0",
+        port=settings.realtime_port,
+        ws="wsproto",
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()
