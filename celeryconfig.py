@@ -1,6 +1,6 @@
 """Celery configuration, read by `workers.celery_app` (one place for every Celery setting)."""
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from settings import settings
 
@@ -33,9 +33,15 @@ task_send_sent_event = True
 worker_send_task_events = True
 
 task_default_queue = "dispatch"
-task_queues = (Queue("dispatch"), Queue("push"))
+task_default_exchange = "dispatch"
+task_default_routing_key = "dispatch"
+# Each queue on its own exchange and key, so a push task can only ever land in `push`.
+task_queues = (
+    Queue("dispatch", Exchange("dispatch", type="direct"), routing_key="dispatch"),
+    Queue("push", Exchange("push", type="direct"), routing_key="push"),
+)
 task_routes = {
-    "workers.tasks.send_push": {"queue": "push"},
+    "workers.tasks.send_push": {"queue": "push", "exchange": "push", "routing_key": "push"},
     "workers.tasks.*": {"queue": "dispatch"},
 }
 
