@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,40 +15,10 @@ from models.positions import drivers_near
 from settings import settings
 from tests.factories import ORIGIN, Account, Factory
 from tests.processes import PrivateRedis, Process, start_gateway, wait_until
+from tests.sockets import Listener, emit_until_seen
 from workers.events import PublishingRedisManager, emit, socketio_channel
 
 pytestmark = pytest.mark.slow
-
-
-class Listener:
-    """A connected python-socketio client that records every event it gets."""
-
-    def __init__(self, port: int, token: str | None) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._lock = threading.Lock()
-        self.client = socketio.Client(reconnection=False)
-        self.client.on("*", self._record)
-        self.client.on("connect_error", lambda data=None: self._record("connect_error", data))
-        self.client.connect(
-            f"http://127.0.0.1:{port}",
-            auth={"token": token} if token is not None else None,
-            transports=["websocket"],
-            wait_timeout=10,
-        )
-
-    def _record(self, event: str, data: Any = None) -> None:
-        with self._lock:
-            self.events.append((event, data))
-
-    def got(self, event: str) -> list[Any]:
-        with self._lock:
-            return [data for name, data in self.events if name == event]
-
-    def call(self, event: str, data: Any) -> Any:
-        return self.client.call(event, data, timeout=10)
-
-    def close(self) -> None:
-        self.client.disconnect()
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +40,6 @@ def listen(gateway: tuple[Process, int]) -> Iterator[Callable[..., Listener]]:
     yield open_listener
     for listener in opened:
         listener.close()
-
-
-def emit_until_seen(
-    send: Callable[[], None], listener: Listener, event: str, timeout_s: float = 15
-) -> None:
-    """Emit until the listener has it: a gateway subscribes to Redis only after its first
-    client connects, and pub/sub keeps nothing for subscribers that are not there yet."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        send()
-        try:
-            wait_until(lambda: listener.got(event), 0.5)
-            return
-        except TimeoutError:
-            continue
-    raise TimeoutError(f"{event} never reached the client; saw {listener.events}")
 
 
 @pytest.mark.parametrize("token", [None, "", "forged.token.value"])

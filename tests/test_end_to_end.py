@@ -1,0 +1,212 @@
+"""The whole product through its real processes, as its users meet it: gunicorn, two
+Socket.IO gateways, a Celery worker and beat, PostgreSQL, Redis and the fake APNs; drivers
+connected with the python-socketio client and, for one, the official JavaScript client."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+
+from fake_apns import FakeAPNs
+from settings import PROJECT_ROOT
+from tests.factories import ORIGIN, Account, Factory, HttpClient, north_of
+from tests.processes import (
+    Process,
+    start_beat,
+    start_gateway,
+    start_web,
+    start_worker,
+    wait_until,
+)
+from tests.sockets import Listener
+
+pytestmark = pytest.mark.slow
+
+JS_DRIVER = PROJECT_ROOT / "tests" / "js" / "driver.mjs"
+
+
+@dataclass
+class Stack:
+    http: HttpClient
+    gateways: list[int]
+    processes: list[Process]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]) -> Iterator[Stack]:
+    logs = tmp_path_factory.mktemp("stack")
+    processes: list[Process] = []
+    try:
+        web, api_port = start_web(logs)
+        processes.append(web)
+        gateways = []
+        for name in ("gateway-a", "gateway-b"):
+            gateway, port = start_gateway(logs, name=name)
+            processes.append(gateway)
+            gateways.append(port)
+        processes.append(start_worker(logs, env=apns_env))
+        processes.append(start_beat(logs))
+        http = HttpClient(f"http://127.0.0.1:{api_port}")
+        yield Stack(http, gateways, processes)
+        http.close()
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+@pytest.fixture
+def http_factory(stack: Stack) -> Factory:
+    return Factory(stack.http)
+
+
+@pytest.fixture
+def connect(stack: Stack) -> Iterator:
+    opened: list[Listener] = []
+
+    def open_listener(account: Account, gateway: int = 0) -> Listener:
+        listener = Listener(stack.gateways[gateway % len(stack.gateways)], account.token)
+        opened.append(listener)
+        return listener
+
+    yield open_listener
+    for listener in opened:
+        listener.close()
+
+
+def test_a_job_goes_from_customer_to_one_driver(
+    stack: Stack, http_factory: Factory, connect, fake_apns: FakeAPNs
+) -> None:
+    factory, http = http_factory, stack.http
+    customer = factory.customer(name="Ana")
+    near = [factory.driver(at=north_of(ORIGIN, km), name=f"Near {km}") for km in (1, 5, 25)]
+    far = factory.driver(at=north_of(ORIGIN, 40))
+    offline = factory.driver(online=False)
+    phones = {d.id: factory.device(d) for d in [*near, far, offline]}
+    customer_phone = factory.device(customer)
+    feeds = {d.id: connect(d, gateway=i) for i, d in enumerate([*near, far, offline])}
+    customer_feed = connect(customer, gateway=1)
+    # Each gateway subscribes to Redis once its first client connects; wait for both.
+    for listener in feeds.values():
+        wait_until(lambda listener=listener: listener.client.connected, 10, "connected")
+
+    created = http.post(
+        "/api/v1/jobs",
+        json={"pickup": {"lat": ORIGIN[0], "lng": ORIGIN[1]}},
+        headers=customer.headers,
+    )
+    assert created.status_code == 201
+    job_id = created.json["id"]
+
+    for driver, km in zip(near, (1, 5, 25), strict=True):
+        [offer] = feeds[driver.id].wait_for("job:new")
+        assert offer["job"]["id"] == job_id
+        assert offer["distance_km"] == pytest.approx(km, abs=0.05)
+        wait_until(lambda d=driver: fake_apns.received(phones[d.id]), 15, "the offer push")
+    assert feeds[far.id].events == [] and feeds[offline.id].events == []
+    assert fake_apns.received(phones[far.id]) == [] == fake_apns.received(phones[offline.id])
+
+    start = threading.Barrier(len(near))
+
+    def accept(driver: Account) -> int:
+        client = HttpClient(stack.http.base_url)
+        start.wait(timeout=10)
+        try:
+            return client.post(f"/api/v1/jobs/{job_id}/accept", headers=driver.headers).status_code
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(len(near)) as pool:
+        statuses = dict(zip([d.id for d in near], pool.map(accept, near), strict=True))
+    assert sorted(statuses.values()) == [200, 409, 409]
+    winner = next(d for d in near if statuses[d.id] == 200)
+
+    for driver in near:
+        [accepted] = feeds[driver.id].wait_for("job:accepted")
+        assert accepted["job_id"] == job_id
+    [status] = customer_feed.wait_for("job:status")
+    assert status["status"] == "accepted" and status["driver"] == {
+        "id": winner.id,
+        "name": winner.name,
+    }
+    assert feeds[winner.id].wait_for("job:status")[0]["id"] == job_id
+    wait_until(lambda: fake_apns.received(customer_phone), 15, "the customer's push")
+    [push] = fake_apns.received(customer_phone)
+    assert push.payload["aps"]["alert"]["title"] == "Driver on the way"
+    assert push.payload["aps"]["alert"]["body"] == f"{winner.name} accepted your job."
+    assert (push.payload["type"], push.payload["job_id"]) == ("job:accepted", job_id)
+
+    feed = http.get("/api/v1/drivers/me/offers", headers=near[0].headers)
+    assert feed.json == {"offers": []}  # the job left every feed
+
+
+def test_a_cancelled_job_is_removed_from_every_feed(
+    stack: Stack, http_factory: Factory, connect
+) -> None:
+    customer = http_factory.customer()
+    drivers = [http_factory.driver(), http_factory.driver()]
+    feeds = [connect(d, gateway=i) for i, d in enumerate(drivers)]
+    job = http_factory.job(customer)
+    for feed in feeds:
+        feed.wait_for("job:new")
+    cancelled = stack.http.post(f"/api/v1/jobs/{job['id']}/cancel", headers=customer.headers)
+    assert cancelled.status_code == 200
+    for feed in feeds:
+        assert feed.wait_for("job:removed") == [{"job_id": job["id"], "reason": "cancelled"}]
+
+
+def test_the_official_javascript_client_speaks_to_the_gateway(
+    stack: Stack, http_factory: Factory
+) -> None:
+    customer = http_factory.customer()
+    driver = http_factory.driver(at=None)
+    node = subprocess.Popen(
+        [
+            "node",
+            str(JS_DRIVER),
+            f"http://127.0.0.1:{stack.gateways[1]}",
+            driver.token,
+            str(ORIGIN[0]),
+            str(ORIGIN[1]),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert node.stdin is not None and node.stdout is not None
+    lines: list[dict] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend(json.loads(line) for line in node.stdout), daemon=True
+    )
+    reader.start()
+    try:
+        wait_until(lambda: any(r["kind"] == "ack" for r in lines), 15, "the location ack")
+        assert {"kind": "ack", "event": "driver:location", "data": {"ok": True}} in lines
+        job = http_factory.job(customer)
+        wait_until(lambda: any(r.get("event") == "job:new" for r in lines), 15, "job:new")
+        [offer] = [r["data"] for r in lines if r.get("event") == "job:new"]
+        assert offer["job"]["id"] == job["id"] and offer["distance_km"] == 0
+    finally:
+        node.stdin.close()
+        node.wait(10)
+        reader.join(5)
+        node.stdout.close()
+
+
+def test_the_javascript_client_is_refused_without_a_valid_token(stack: Stack) -> None:
+    done = subprocess.run(
+        ["node", str(JS_DRIVER), f"http://127.0.0.1:{stack.gateways[0]}", "not-a-token"],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    [record] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert record["kind"] == "connect_error"
+    assert record["message"].startswith("unauthorized")
