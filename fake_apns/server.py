@@ -1,8 +1,11 @@
 """The fake APNs provider API: HTTP/2 over TLS on loopback, checking what Apple checks.
 
 Runs its own asyncio loop in a background thread, so a test process can host it while a
-Celery worker process pushes to it. Every answer echoes `apns-id`; every error carries a
-JSON `reason` (aioapns waits for one)."""
+Celery worker process pushes to it. Every answer echoes `apns-id` (one is made up when the
+request had none); every error carries a JSON `reason` (aioapns waits for one). It honours
+HTTP/2 flow control as Apple does: a client that never acknowledges the error bodies it
+receives stalls, as it would in production.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +16,46 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes, Settings
 
 from fake_apns.certs import Credentials
 
-TOKEN_PATH = re.compile(r"^/3/device/([0-9a-fA-F]+)$")
+DEVICE_PATH = "/3/device/"
+DEVICE_TOKEN = re.compile(r"^[0-9a-fA-F]{64,200}$")
+APNS_ID = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+PUSH_TYPES = {
+    "alert", "background", "voip", "complication", "fileprovider", "mdm", "liveactivity",
+    "location", "pushtotalk", "controls", "widgets",
+}  # fmt: skip
+PRIORITIES = {"1", "5", "10"}
 MAX_PAYLOAD = 4096
+MAX_COLLAPSE_ID = 64
+MAX_CONCURRENT_STREAMS = 1000  # what Apple advertises once a connection is authenticated
+TOKEN_LIFETIME_S = 3600
 
 
 @dataclass(frozen=True)
 class ReceivedPush:
+    """One request as the server saw it, and what it answered."""
+
     token: str
     headers: dict[str, str]
     payload: dict[str, Any]
@@ -42,7 +68,7 @@ class ReceivedPush:
 @dataclass
 class Behaviour:
     """How to answer one token: `status`/`reason` for the next `times` requests (None:
-    always), after `delay_s`."""
+    always; then 200), after `delay_s` seconds."""
 
     status: int = 200
     reason: str | None = None
@@ -57,26 +83,44 @@ class _Stream:
 
 
 class _Connection(asyncio.Protocol):
+    """One client connection: an h2 server state machine and the answers in progress."""
+
     def __init__(self, server: FakeAPNs, number: int) -> None:
         self.server = server
         self.number = number
         self.conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.conn.local_settings = Settings(
+            client=False,
+            initial_values={SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS},
+        )
         self.streams: dict[int, _Stream] = {}
+        self.answers: set[asyncio.Task[None]] = set()
+        self.window_opened = asyncio.Event()
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server.transports.add(transport)
+        self.server.open_connections.add(self)
         self.conn.initiate_connection()
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server.open_connections.discard(self)
+        for task in self.answers:
+            task.cancel()  # nobody is left to answer
+
+    def abort(self) -> None:
         if self.transport is not None:
-            self.server.transports.discard(self.transport)
+            self.transport.abort()
+
+    @property
+    def closed(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
 
     def flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.closed:
+            assert self.transport is not None
             self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
@@ -88,43 +132,66 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
             return
         for event in events:
-            if isinstance(event, RequestReceived):
-                headers = {str(k): str(v) for k, v in event.headers or []}
-                self.streams[event.stream_id] = _Stream(headers)
-            elif isinstance(event, DataReceived):
-                self.streams[event.stream_id].body.extend(event.data or b"")
-                self.conn.acknowledge_received_data(
-                    event.flow_controlled_length or 0, event.stream_id
-                )
-            elif isinstance(event, StreamEnded):
-                stream = self.streams.pop(event.stream_id)
-                asyncio.get_running_loop().create_task(self.answer(event.stream_id, stream))
-            elif isinstance(event, ConnectionTerminated) and self.transport is not None:
-                self.transport.close()
+            self.on_event(event)
         self.flush()
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, RequestReceived) and event.stream_id is not None:
+            headers = {str(k): str(v) for k, v in event.headers or []}
+            self.streams[event.stream_id] = _Stream(headers)
+        elif isinstance(event, DataReceived) and event.stream_id is not None:
+            if event.stream_id in self.streams:
+                self.streams[event.stream_id].body.extend(event.data or b"")
+            self.conn.acknowledge_received_data(event.flow_controlled_length or 0, event.stream_id)
+        elif isinstance(event, StreamEnded) and event.stream_id in self.streams:
+            assert event.stream_id is not None
+            self.start_answer(event.stream_id, self.streams.pop(event.stream_id))
+        elif isinstance(event, StreamReset) and event.stream_id is not None:
+            self.streams.pop(event.stream_id, None)
+        elif isinstance(event, WindowUpdated):
+            self.window_opened.set()
+            self.window_opened = asyncio.Event()
+        elif isinstance(event, ConnectionTerminated) and self.transport is not None:
+            self.transport.close()
+
+    def start_answer(self, stream_id: int, stream: _Stream) -> None:
+        task = asyncio.get_running_loop().create_task(self.answer(stream_id, stream))
+        self.answers.add(task)
+        task.add_done_callback(self.answers.discard)
 
     async def answer(self, stream_id: int, stream: _Stream) -> None:
         apns_id = stream.headers.get("apns-id") or str(uuid.uuid4()).upper()
         status, reason, delay_s = self.server.judge(stream.headers, bytes(stream.body))
         if delay_s:
             await asyncio.sleep(delay_s)
-        if self.transport is None or self.transport.is_closing():
-            return
+        if self.closed:
+            return  # the client, or the server's `down()`, closed the connection meanwhile
         self.server.record(stream, status, reason, self.number)
         response = [(":status", str(status)), ("apns-id", apns_id)]
-        if reason is None:
-            self.conn.send_headers(stream_id, response, end_stream=True)
-        else:
-            body = json.dumps({"reason": reason}).encode()
-            response.append(("content-type", "application/json"))
-            self.conn.send_headers(stream_id, response)
-            self.conn.send_data(stream_id, body, end_stream=True)
+        try:
+            if reason is None:
+                self.conn.send_headers(stream_id, response, end_stream=True)
+            else:
+                await self.send_error(stream_id, response, json.dumps({"reason": reason}).encode())
+        except ProtocolError:
+            return  # the client reset the stream
         self.flush()
+
+    async def send_error(
+        self, stream_id: int, response: list[tuple[str, str]], body: bytes
+    ) -> None:
+        """Headers, then the JSON body once the client's flow-control window lets it through."""
+        self.conn.send_headers(stream_id, [*response, ("content-type", "application/json")])
+        self.flush()
+        while not self.closed and self.conn.local_flow_control_window(stream_id) < len(body):
+            await self.window_opened.wait()
+        if not self.closed:
+            self.conn.send_data(stream_id, body, end_stream=True)
 
 
 class FakeAPNs:
-    """Start with `start()`; `pushes` lists what arrived; `behave()` sets a token's answer;
-    `down()` / `up()` take the whole server off and back on the same port."""
+    """Start with `start()`; `received()` lists what arrived; `behave()` sets a token's
+    answer; `down()` / `up()` take the whole server off and back on the same port."""
 
     def __init__(self, credentials: Credentials, host: str = "127.0.0.1", port: int = 0) -> None:
         self.credentials = credentials
@@ -133,8 +200,8 @@ class FakeAPNs:
         self.public_key = credentials.public_key_pem()
         self.pushes: list[ReceivedPush] = []
         self.behaviours: dict[str, Behaviour] = {}
-        self.connections = 0
-        self.transports: set[asyncio.Transport] = set()
+        self.connections = 0  # TLS connections accepted since start
+        self.open_connections: set[_Connection] = set()
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -150,6 +217,7 @@ class FakeAPNs:
         return self
 
     def up(self) -> None:
+        """Listen (again, on the same port after `down()`)."""
         asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
 
     def down(self) -> None:
@@ -171,7 +239,13 @@ class FakeAPNs:
         with self._lock:
             return [p for p in self.pushes if token is None or p.token == token.lower()]
 
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Wait until no answer is in progress (delayed ones included); False on timeout."""
+        idle = self._settle(lambda: not self._answering(), timeout_s)
+        return asyncio.run_coroutine_threadsafe(idle, self._loop).result(timeout_s + 5)
+
     def clear(self) -> None:
+        """Forget what was received and every token's behaviour."""
         with self._lock:
             self.pushes.clear()
             self.behaviours.clear()
@@ -199,12 +273,25 @@ class FakeAPNs:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for transport in list(self.transports):
-                transport.abort()
-            await self._server.wait_closed()
-            self._server = None
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self.open_connections):
+            connection.abort()
+        await self._server.wait_closed()
+        self._server = None
+        await self._settle(lambda: not self.open_connections)  # each connection_lost runs
+
+    async def _settle(self, done: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+        give_up_at = self._loop.time() + timeout_s
+        while not done():
+            if self._loop.time() > give_up_at:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _answering(self) -> bool:
+        return any(connection.answers for connection in self.open_connections)
 
     async def _cancel_answers(self) -> None:
         """Delayed answers still sleeping: cancelled, so the loop closes clean."""
@@ -215,25 +302,54 @@ class FakeAPNs:
 
     def judge(self, headers: dict[str, str], body: bytes) -> tuple[int, str | None, float]:
         """The answer Apple would give, unless the token was told to answer otherwise."""
-        match = TOKEN_PATH.match(headers.get(":path", ""))
+        error = self._request_error(headers, body)
+        if error is not None:
+            return error[0], error[1], 0.0
+        return self._behaviour(headers[":path"].removeprefix(DEVICE_PATH).lower())
+
+    def _request_error(self, headers: dict[str, str], body: bytes) -> tuple[int, str] | None:
+        path = headers.get(":path", "")
         if headers.get(":method") != "POST":
-            return 405, "MethodNotAllowed", 0.0
-        if match is None:
-            return 400, "BadDeviceToken", 0.0
+            return 405, "MethodNotAllowed"
+        if not path.startswith(DEVICE_PATH):
+            return 404, "BadPath"
+        if not DEVICE_TOKEN.match(path.removeprefix(DEVICE_PATH)):
+            return 400, "BadDeviceToken"
         auth_error = self._auth_error(headers.get("authorization", ""))
         if auth_error:
-            return 403, auth_error, 0.0
-        if not headers.get("apns-topic"):
-            return 400, "MissingTopic", 0.0
-        if headers["apns-topic"] != self.credentials.topic:
-            return 400, "DeviceTokenNotForTopic", 0.0
+            return 403, auth_error
+        return self._header_error(headers) or self._payload_error(body)
+
+    def _header_error(self, headers: dict[str, str]) -> tuple[int, str] | None:
+        topic = headers.get("apns-topic")
+        if not topic:
+            return 400, "MissingTopic"
+        if topic != self.credentials.topic:
+            return 400, "DeviceTokenNotForTopic"
+        if "apns-id" in headers and not APNS_ID.match(headers["apns-id"]):
+            return 400, "BadMessageId"
+        if headers.get("apns-push-type", "alert") not in PUSH_TYPES:
+            return 400, "InvalidPushType"
+        if headers.get("apns-priority", "10") not in PRIORITIES:
+            return 400, "BadPriority"
+        if not headers.get("apns-expiration", "0").isdigit():
+            return 400, "BadExpirationDate"
+        if len(headers.get("apns-collapse-id", "").encode()) > MAX_COLLAPSE_ID:
+            return 400, "BadCollapseId"
+        return None
+
+    def _payload_error(self, body: bytes) -> tuple[int, str] | None:
+        if not body:
+            return 400, "PayloadEmpty"
         if len(body) > MAX_PAYLOAD:
-            return 413, "PayloadTooLarge", 0.0
+            return 413, "PayloadTooLarge"
         try:
-            json.loads(body)
+            payload = json.loads(body)
         except ValueError:
-            return 400, "PayloadEmpty" if not body else "BadPayload", 0.0
-        return self._behaviour(match.group(1).lower())
+            return 400, "BadPayload"  # not one of Apple's reasons; Apple closes the stream
+        if not isinstance(payload, dict) or not isinstance(payload.get("aps"), dict):
+            return 400, "BadPayload"
+        return None
 
     def _auth_error(self, authorization: str) -> str | None:
         scheme, _, token = authorization.partition(" ")
@@ -246,36 +362,33 @@ class FakeAPNs:
             )
         except jwt.PyJWTError:
             return "InvalidProviderToken"
-        if (
-            header.get("kid") != self.credentials.key_id
-            or claims["iss"] != self.credentials.team_id
-        ):
+        if header.get("kid") != self.credentials.key_id:
             return "InvalidProviderToken"
-        if claims["iat"] < time.time() - 3600:
+        if claims["iss"] != self.credentials.team_id:
+            return "InvalidProviderToken"
+        if claims["iat"] < time.time() - TOKEN_LIFETIME_S:
             return "ExpiredProviderToken"
         return None
 
     def _behaviour(self, token: str) -> tuple[int, str | None, float]:
         with self._lock:
             behaviour = self.behaviours.get(token)
-            if behaviour is None:
+            if behaviour is None or (behaviour.times is not None and behaviour.times <= 0):
                 return 200, None, 0.0
             if behaviour.times is not None:
-                if behaviour.times <= 0:
-                    return 200, None, 0.0
                 behaviour.times -= 1
             return behaviour.status, behaviour.reason, behaviour.delay_s
 
     def record(self, stream: _Stream, status: int, reason: str | None, connection: int) -> None:
-        match = TOKEN_PATH.match(stream.headers.get(":path", ""))
+        path = stream.headers.get(":path", "")
         try:
             payload = json.loads(stream.body)
         except ValueError:
             payload = {}
         push = ReceivedPush(
-            token=match.group(1).lower() if match else "",
+            token=path.removeprefix(DEVICE_PATH).lower() if path.startswith(DEVICE_PATH) else "",
             headers={k: v for k, v in stream.headers.items() if not k.startswith(":")},
-            payload=payload,
+            payload=payload if isinstance(payload, dict) else {},
             status=status,
             reason=reason,
             connection=connection,

@@ -1,4 +1,7 @@
-"""The fake APNs server for the test run, and the settings that point Dispatch at it."""
+"""The fake APNs server for the test run, and the settings that point Dispatch at it.
+
+A pytest plugin: one server (real HTTP/2 over TLS on a free loopback port) for the session;
+`fake_apns` hands it to a test up, empty and with no per-token behaviour."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,20 +31,14 @@ def fake_apns(fake_apns_server: FakeAPNs) -> Iterator[FakeAPNs]:
     fake_apns_server.clear()
     yield fake_apns_server
     fake_apns_server.up()
+    fake_apns_server.wait_idle()  # a delayed answer must not land in the next test
+    fake_apns_server.clear()
 
 
 @pytest.fixture(scope="session")
 def apns_env(apns_credentials: Credentials, fake_apns_server: FakeAPNs) -> dict[str, str]:
     """Environment for processes (workers) that push to the fake server."""
-    return {
-        "APNS_HOST": "127.0.0.1",
-        "APNS_PORT": str(fake_apns_server.port),
-        "APNS_CA_FILE": str(apns_credentials.ca_file),
-        "APNS_KEY_PATH": str(apns_credentials.signing_key_file),
-        "APNS_KEY_ID": apns_credentials.key_id,
-        "APNS_TEAM_ID": apns_credentials.team_id,
-        "APNS_TOPIC": apns_credentials.topic,
-    }
+    return apns_credentials.environment(fake_apns_server.port)
 
 
 @pytest.fixture

@@ -1,19 +1,37 @@
 """APNs delivery over real HTTP/2 + TLS to the fake APNs server, and the answer rules."""
 
+import logging
+import os
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import jwt
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fake_apns import Behaviour, Credentials, FakeAPNs
 from models.db import redis_connection
-from settings import settings
+from settings import PROJECT_ROOT, settings
 from workers import apns
 from workers.apns import Outcome, Push, classify, send_pushes
 from workers.tasks import push_backoff_s
 
 pytestmark = pytest.mark.usefixtures("apns_settings")
+
+EXPIRES_AT = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def close_the_sender() -> Iterator[None]:
+    """This process's APNs loop and connections, closed cleanly after the module."""
+    yield
+    apns.shutdown()
 
 
 def token(n: int) -> str:
@@ -29,9 +47,30 @@ def offer_push(n: int = 1, **overrides) -> Push:
         "data": {"type": "job:new", "job_id": 7},
         "priority": 10,
         "collapse_id": "job-7",
-        "expiration": datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
+        "expiration": EXPIRES_AT,
     }
     return Push(**{**fields, **overrides})
+
+
+def shared_token_key() -> str:
+    return settings.redis_key("apns", "provider_token")
+
+
+def sign(credentials: Credentials, issued_at: float) -> str:
+    return jwt.encode(
+        {"iss": credentials.team_id, "iat": int(issued_at)},
+        credentials.signing_key_file.read_text(),
+        algorithm="ES256",
+        headers={"kid": credentials.key_id},
+    )
+
+
+def forget_local_token() -> None:
+    """Make this process read the shared token again, as a newly started worker would."""
+    apns._current_sender().auth.issued_at = 0
+
+
+# --- the answer rules ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -43,22 +82,44 @@ def offer_push(n: int = 1, **overrides) -> Push:
         (400, "BadDeviceToken", Outcome.token_dead),
         (400, "DeviceTokenNotForTopic", Outcome.token_dead),
         (400, "BadTopic", Outcome.dropped),
+        (400, "BadCollapseId", Outcome.dropped),
+        (404, "BadPath", Outcome.dropped),
         (413, "PayloadTooLarge", Outcome.dropped),
         (429, "TooManyRequests", Outcome.retry),
         (500, "InternalServerError", Outcome.retry),
+        (502, None, Outcome.retry),
         (503, "ServiceUnavailable", Outcome.retry),
         (403, "ExpiredProviderToken", Outcome.retry),
         (403, "InvalidProviderToken", Outcome.dropped),
+        (403, "TooManyProviderTokenUpdates", Outcome.dropped),
         (None, "timeout", Outcome.retry),
+        (None, "connection: MaxAttemptsExceeded", Outcome.retry),
     ],
 )
 def test_classify(status, reason, outcome) -> None:
     assert classify(status, reason) is outcome
 
 
+@pytest.mark.parametrize("field", [{"environment": "staging"}, {"push_type": "banner"}])
+def test_a_push_with_an_unknown_environment_or_type_is_refused(field) -> None:
+    with pytest.raises(ValueError):
+        offer_push(**field)
+
+
+def test_not_configured_sends_nothing(monkeypatch: pytest.MonkeyPatch, fake_apns) -> None:
+    monkeypatch.setattr(settings, "apns_key_path", "")
+    assert not apns.apns_enabled()
+    [result] = send_pushes([offer_push()])
+    assert (result.outcome, result.reason) == (Outcome.dropped, "apns_not_configured")
+    assert fake_apns.received() == []
+
+
+# --- over HTTP/2 + TLS to the fake server -------------------------------------------------
+
+
 def test_delivered_with_the_contract_headers_and_payload(fake_apns: FakeAPNs) -> None:
     [result] = send_pushes([offer_push()])
-    assert (result.outcome, result.status) == (Outcome.delivered, 200)
+    assert (result.outcome, result.status, result.reason) == (Outcome.delivered, 200, None)
     [received] = fake_apns.received(token(1))
     assert received.payload == {
         "aps": {
@@ -72,10 +133,9 @@ def test_delivered_with_the_contract_headers_and_payload(fake_apns: FakeAPNs) ->
     assert headers["apns-push-type"] == "alert"
     assert headers["apns-priority"] == "10"
     assert headers["apns-collapse-id"] == "job-7"
-    assert headers["apns-expiration"] == str(
-        int(datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC).timestamp())
-    )
+    assert headers["apns-expiration"] == str(int(EXPIRES_AT.timestamp()))
     assert headers["apns-topic"] == settings.apns_topic
+    assert headers["authorization"].startswith("bearer ")
 
 
 def test_optional_headers_are_left_out(fake_apns: FakeAPNs) -> None:
@@ -83,6 +143,12 @@ def test_optional_headers_are_left_out(fake_apns: FakeAPNs) -> None:
     [received] = fake_apns.received(token(1))
     assert {"apns-priority", "apns-collapse-id", "apns-expiration"}.isdisjoint(received.headers)
     assert received.payload["aps"]["alert"] == {"title": "New job nearby"}
+
+
+def test_each_environment_pushes_through_the_configured_host(fake_apns: FakeAPNs) -> None:
+    results = send_pushes([offer_push(1), offer_push(2, environment="sandbox")])
+    assert [r.outcome for r in results] == [Outcome.delivered, Outcome.delivered]
+    assert {p.token for p in fake_apns.received()} == {token(1), token(2)}
 
 
 @pytest.mark.parametrize(
@@ -106,48 +172,166 @@ def test_each_answer_is_classified(fake_apns: FakeAPNs, status, reason, outcome)
     ]
 
 
+def test_a_wrong_topic_is_refused_by_the_server(
+    fake_apns: FakeAPNs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "apns_topic", "com.example.other")
+    [result] = send_pushes([offer_push()])
+    assert (result.outcome, result.reason) == (Outcome.token_dead, "DeviceTokenNotForTopic")
+
+
+def test_an_answer_only_the_first_times_then_delivered(fake_apns: FakeAPNs) -> None:
+    fake_apns.behave(token(1), Behaviour(503, "ServiceUnavailable", times=1))
+    [first] = send_pushes([offer_push(1)])
+    [second] = send_pushes([offer_push(1)])
+    assert (first.outcome, second.outcome) == (Outcome.retry, Outcome.delivered)
+    assert [p.status for p in fake_apns.received(token(1))] == [503, 200]
+
+
 def test_many_error_bodies_do_not_stall_the_connection(fake_apns: FakeAPNs) -> None:
     """aioapns never acknowledged received DATA: ~64 KiB of error bodies stalled it."""
     for n in range(3000):
         fake_apns.behave(token(n), Behaviour(410, "Unregistered"))
+    started = time.monotonic()
     results = send_pushes([offer_push(n) for n in range(3000)], timeout_s=20)
     assert {r.outcome for r in results} == {Outcome.token_dead}
+    assert time.monotonic() - started < 10
 
 
 def test_fan_out_is_multiplexed_on_one_connection(fake_apns: FakeAPNs) -> None:
+    send_pushes([offer_push(0)])  # the process's connection, open before the fan-out
+    connections_before = fake_apns.connections
     results = send_pushes([offer_push(n) for n in range(500)])
+    assert [r.push.token for r in results] == [token(n) for n in range(500)]
     assert {r.outcome for r in results} == {Outcome.delivered}
-    connections = {p.connection for p in fake_apns.received()}
-    assert len(connections) == 1
+    assert len({p.connection for p in fake_apns.received()}) == 1
+    assert fake_apns.connections == connections_before
 
 
-def test_server_down_is_a_retry(fake_apns: FakeAPNs) -> None:
+def test_server_down_is_a_retry_within_the_timeout(fake_apns: FakeAPNs) -> None:
+    send_pushes([offer_push(1)])
     fake_apns.down()
-    [result] = send_pushes([offer_push()], timeout_s=3)
+    started = time.monotonic()
+    [result] = send_pushes([offer_push(2)], timeout_s=3)
+    assert time.monotonic() - started < 3.5
     assert (result.outcome, result.status) == (Outcome.retry, None)
     fake_apns.up()
-    [result] = send_pushes([offer_push()], timeout_s=3)
+    [result] = send_pushes([offer_push(3)], timeout_s=5)
     assert result.outcome is Outcome.delivered
 
 
 def test_slow_server_is_a_retry_and_the_connection_survives(fake_apns: FakeAPNs) -> None:
-    fake_apns.behave(token(1), Behaviour(200, None, delay_s=3))
+    fake_apns.behave(token(1), Behaviour(200, None, delay_s=2))
+    started = time.monotonic()
     [result] = send_pushes([offer_push(1)], timeout_s=1)
+    assert time.monotonic() - started < 1.5
     assert (result.outcome, result.reason) == (Outcome.retry, "timeout")
-    time.sleep(2.5)  # the late answer to the abandoned send arrives and is skipped
+    time.sleep(1.5)  # the late answer to the abandoned send arrives and is skipped
+    [result] = send_pushes([offer_push(2)], timeout_s=3)
+    assert result.outcome is Outcome.delivered
+    assert [p.token for p in fake_apns.received()] == [token(1), token(2)]
+
+
+def test_a_late_error_answer_after_a_timeout_is_skipped(fake_apns: FakeAPNs) -> None:
+    fake_apns.behave(token(1), Behaviour(410, "Unregistered", delay_s=1))
+    [result] = send_pushes([offer_push(1)], timeout_s=0.5)
+    assert (result.outcome, result.reason) == (Outcome.retry, "timeout")
+    time.sleep(1)
     [result] = send_pushes([offer_push(2)], timeout_s=3)
     assert result.outcome is Outcome.delivered
 
 
-def test_provider_token_is_shared_through_redis(fake_apns: FakeAPNs) -> None:
-    _forget_local_token()
+def test_a_lost_connection_ends_its_sends_even_after_an_abandoned_one(
+    fake_apns: FakeAPNs,
+) -> None:
+    """aioapns 4.0 raised InvalidStateError on the abandoned send, and the others hung."""
+    fake_apns.behave(token(1), Behaviour(200, None, delay_s=5))
+    fake_apns.behave(token(2), Behaviour(200, None, delay_s=5))
+    [abandoned] = send_pushes([offer_push(1)], timeout_s=0.3)
+    assert abandoned.reason == "timeout"
+    results = []
+    pending = threading.Thread(target=lambda: results.extend(send_pushes([offer_push(2)], 8)))
+    pending.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    fake_apns.down()
+    pending.join(10)
+    assert time.monotonic() - started < 4
+    [result] = results
+    assert (result.outcome, result.status) == (Outcome.retry, None)
+    assert result.reason is not None and result.reason.startswith("connection")
+
+
+def test_the_call_is_bounded_even_with_more_pushes_than_slots(fake_apns: FakeAPNs) -> None:
+    """Pushes still waiting for one of the in-flight slots at the deadline are retries too."""
+    for n in range(apns.MAX_IN_FLIGHT + 20):
+        fake_apns.behave(token(n), Behaviour(200, None, delay_s=1.5))
+    started = time.monotonic()
+    results = send_pushes([offer_push(n) for n in range(apns.MAX_IN_FLIGHT + 20)], timeout_s=1)
+    assert time.monotonic() - started < 1.5
+    assert {(r.outcome, r.reason) for r in results} == {(Outcome.retry, "timeout")}
+
+
+def test_a_forked_child_pushes_on_its_own_loop_and_connection(fake_apns: FakeAPNs) -> None:
     send_pushes([offer_push(1)])
+    parent = apns._current_sender()
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            [result] = send_pushes([offer_push(2)], timeout_s=5)
+            child_sender = apns._current_sender()
+            fresh = child_sender is not parent and child_sender.pid == os.getpid()
+            os.write(write_end, f"{result.outcome} {fresh}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(child, 0)
+    report = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert (os.waitstatus_to_exitcode(status), report) == (0, "delivered True")
+    first, second = fake_apns.received()
+    assert first.connection != second.connection
+    [result] = send_pushes([offer_push(3)])  # the parent's loop is untouched
+    assert result.outcome is Outcome.delivered
+
+
+# --- the provider token -------------------------------------------------------------------
+
+
+def test_provider_token_is_shared_through_redis(fake_apns: FakeAPNs) -> None:
+    forget_local_token()
+    send_pushes([offer_push(1)])
+    forget_local_token()  # as another worker process would
     send_pushes([offer_push(2)])
     first, second = fake_apns.received()
     assert first.headers["authorization"] == second.headers["authorization"]
-    stored = redis_connection().get(settings.redis_key("apns", "provider_token"))
+    stored = redis_connection().get(shared_token_key())
     assert isinstance(stored, str)
     assert first.headers["authorization"] == f"bearer {stored.partition(':')[2]}"
+
+
+def test_a_shared_token_older_than_40_minutes_is_resigned(
+    fake_apns: FakeAPNs, apns_credentials: Credentials
+) -> None:
+    issued_at = int(time.time() - 41 * 60)
+    old = sign(apns_credentials, issued_at)
+    redis_connection().set(shared_token_key(), f"{issued_at}:{old}")
+    forget_local_token()
+    [result] = send_pushes([offer_push(1)])
+    assert result.outcome is Outcome.delivered
+    [received] = fake_apns.received()
+    assert received.headers["authorization"] != f"bearer {old}"
+    stored = redis_connection().get(shared_token_key())
+    assert received.headers["authorization"] == f"bearer {str(stored).partition(':')[2]}"
+    assert (
+        jwt.decode(received.headers["authorization"][7:], options={"verify_signature": False})[
+            "iat"
+        ]
+        >= int(time.time()) - 5
+    )
 
 
 def test_expired_provider_token_is_resigned_and_the_push_retried(
@@ -155,40 +339,77 @@ def test_expired_provider_token_is_resigned_and_the_push_retried(
 ) -> None:
     # A token Redis says is 25 minutes old, but whose iat Apple counts as over an hour.
     now = time.time()
-    expired = jwt.encode(
-        {"iss": apns_credentials.team_id, "iat": int(now - 3700)},
-        apns_credentials.signing_key_file.read_text(),
-        algorithm="ES256",
-        headers={"kid": apns_credentials.key_id},
-    )
-    key = settings.redis_key("apns", "provider_token")
-    redis_connection().set(key, f"{int(now - 25 * 60)}:{expired}")
-    send_pushes([offer_push(1)])  # whichever token the process held, it must end delivered
-    fake_apns.clear()
-    redis_connection().set(key, f"{int(now - 25 * 60)}:{expired}")
-    _forget_local_token()
+    expired = sign(apns_credentials, now - 3700)
+    shared = f"{int(now - 25 * 60)}:{expired}"
+    redis_connection().set(shared_token_key(), shared)
+    forget_local_token()
 
     [result] = send_pushes([offer_push(2)])
 
-    assert result.outcome is Outcome.delivered
+    assert (result.outcome, result.status) == (Outcome.delivered, 200)
     first, retried = fake_apns.received(token(2))
     assert (first.status, first.reason) == (403, "ExpiredProviderToken")
+    assert first.headers["authorization"] == f"bearer {expired}"
     assert retried.status == 200
     assert retried.headers["authorization"] != f"bearer {expired}"
-    assert redis_connection().get(key) != f"{int(now - 25 * 60)}:{expired}"
+    assert redis_connection().get(shared_token_key()) != shared
 
 
-def _forget_local_token() -> None:
-    """Make this process read the shared token again, as a newly started worker would."""
-    sender = apns._current_sender()
-    sender.auth._issued_at = 0.0
+def test_a_young_token_is_not_resigned_even_if_apple_calls_it_expired(
+    fake_apns: FakeAPNs,
+) -> None:
+    """Apple refuses token updates more often than every 20 minutes."""
+    fake_apns.behave(token(1), Behaviour(403, "ExpiredProviderToken"))
+    forget_local_token()
+    [result] = send_pushes([offer_push(1)])
+    assert (result.outcome, result.reason) == (Outcome.retry, "ExpiredProviderToken")
+    first, again = fake_apns.received(token(1))
+    assert first.headers["authorization"] == again.headers["authorization"]
 
 
-def test_not_configured_sends_nothing(monkeypatch: pytest.MonkeyPatch, fake_apns) -> None:
-    monkeypatch.setattr(settings, "apns_key_path", "")
-    [result] = send_pushes([offer_push()])
-    assert (result.outcome, result.reason) == (Outcome.dropped, "apns_not_configured")
-    assert fake_apns.received() == []
+def test_without_redis_the_process_signs_its_own_token(
+    fake_apns: FakeAPNs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = redis.Redis(port=1, decode_responses=True, retry=Retry(NoBackoff(), 0))
+    monkeypatch.setattr(apns, "redis_connection", lambda: dead)
+    forget_local_token()
+    with caplog.at_level(logging.WARNING, logger="workers.apns"):
+        [result] = send_pushes([offer_push(1)])
+    dead.close()
+    assert result.outcome is Outcome.delivered
+    assert "signing locally" in caplog.text
+
+
+# --- the development server ---------------------------------------------------------------
+
+
+def test_python_m_fake_apns_prints_the_settings_to_use(tmp_path) -> None:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fake_apns", "--port", "0", "--dir", str(tmp_path)],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        lines = [server.stdout.readline() for _ in range(8)]
+    finally:
+        server.terminate()
+        server.wait(10)
+        if server.stdout is not None:
+            server.stdout.close()
+    exports = dict(line.removeprefix("export ").strip().split("=", 1) for line in lines[1:])
+    assert set(exports) == {
+        "APNS_HOST",
+        "APNS_PORT",
+        "APNS_CA_FILE",
+        "APNS_KEY_PATH",
+        "APNS_KEY_ID",
+        "APNS_TEAM_ID",
+        "APNS_TOPIC",
+    }
+    assert int(exports["APNS_PORT"]) > 0
+    assert server.returncode == 0
 
 
 def test_push_backoff_grows_with_jitter_and_a_floor() -> None:

@@ -40,14 +40,18 @@ from settings import settings
 log = logging.getLogger(__name__)
 
 APPLE_HOSTS = {"production": "api.push.apple.com", "sandbox": "api.sandbox.push.apple.com"}
-MAX_IN_FLIGHT = 100
-TOKEN_REUSE_S = 40 * 60  # shared token re-signed after 40 min: inside Apple's 20–60 min window
-TOKEN_MIN_AGE_FOR_RESIGN_S = 20 * 60
+MAX_IN_FLIGHT = 100  # aioapns is fastest with 50–200 in flight; more only makes it poll
+MAX_CONNECTIONS = 4  # per environment: one carries up to 1000 streams, more only under load
+MAX_CONNECTION_ATTEMPTS = 2
+TOKEN_REUSE_S = 40 * 60  # a shared token is re-signed after 40 min: inside Apple's 20–60 min
+TOKEN_MIN_AGE_FOR_RESIGN_S = 20 * 60  # Apple answers TooManyProviderTokenUpdates below this
+TOKEN_LOCK_WAIT_S = 2.0
+RESULT_GRACE_S = 5.0
 DEAD_TOKEN_REASONS = {
-    410: {"Unregistered", "ExpiredToken"},
-    400: {"BadDeviceToken", "DeviceTokenNotForTopic"},
+    410: frozenset({"Unregistered", "ExpiredToken"}),
+    400: frozenset({"BadDeviceToken", "DeviceTokenNotForTopic"}),
 }
-RETRY_STATUSES = {429, 500, 503}
+EXPIRED_PROVIDER_TOKEN = (403, "ExpiredProviderToken")
 
 
 class Outcome(StrEnum):
@@ -69,6 +73,12 @@ class Push:
     collapse_id: str | None = None
     expiration: datetime | None = None
 
+    def __post_init__(self) -> None:
+        """A bad environment or push type is a programming error: fail where it is made."""
+        if self.environment not in APPLE_HOSTS:
+            raise ValueError(f"unknown APNs environment {self.environment!r}")
+        PushType(self.push_type)
+
     def payload(self) -> dict[str, Any]:
         alert: dict[str, str] = {"title": self.title}
         if self.body is not None:
@@ -85,94 +95,102 @@ class PushResult:
 
 
 def classify(status: int | None, reason: str | None) -> Outcome:
-    """What a token's answer means: delivered, retry later, token dead, or drop."""
+    """What a token's answer means: delivered, retry later, token dead, or drop.
+    `status` None is no answer at all (timeout, connection failure)."""
     if status == 200:
         return Outcome.delivered
-    if status is None or status in RETRY_STATUSES:
+    if status is None or status == 429 or status >= 500:
         return Outcome.retry
-    if reason in DEAD_TOKEN_REASONS.get(status, set()):
+    if reason in DEAD_TOKEN_REASONS.get(status, frozenset()):
         return Outcome.token_dead
-    if status == 403 and reason == "ExpiredProviderToken":
-        return Outcome.retry
+    if (status, reason) == EXPIRED_PROVIDER_TOKEN:
+        return Outcome.retry  # send_pushes already re-signed and retried once
     return Outcome.dropped
 
 
 def apns_enabled() -> bool:
+    """Whether a key is configured; without one pushes are skipped (callers warn at start)."""
     return settings.apns_configured
 
 
 # --- provider token, shared by every worker process through Redis ---------------------------
 
 
-def _sign(key: str, now: float) -> str:
+def _sign(key: str, issued_at: int) -> str:
     return jwt.encode(
-        {"iss": settings.apns_team_id, "iat": int(now)},
+        {"iss": settings.apns_team_id, "iat": issued_at},
         key,
         algorithm="ES256",
         headers={"kid": settings.apns_key_id},
     )
 
 
+def _parse_shared(raw: Any) -> tuple[int, str] | None:
+    """Redis holds the shared token as `<iat>:<jwt>`."""
+    issued_at, _, token = str(raw or "").partition(":")
+    if not issued_at.isdigit() or not token:
+        return None
+    return int(issued_at), token
+
+
 class SharedProviderToken(AuthorizationHeaderProvider):
     """The `authorization` header for every connection of this process.
 
-    The token lives in Redis as `iat:jwt`; a process reuses it while it is younger than
-    TOKEN_REUSE_S, and one process (holding a short lock) signs the next. A forced re-sign
-    (after ExpiredProviderToken) happens only if the token is at least 20 minutes old."""
+    aioapns asks for the header on the event loop for every request, so `get_header` only
+    returns the token held; `refresh` (blocking, run in a thread) keeps it young enough. The
+    token lives in Redis; a process reuses it while it is younger than TOKEN_REUSE_S, and one
+    process (holding a short lock) signs the next. After ExpiredProviderToken (`rejected`) it
+    is replaced, but only if at least 20 minutes old: Apple refuses faster updates."""
 
     def __init__(self, key: str) -> None:
         self.key = key
-        self._issued_at = 0.0
-        self._token = ""
+        self.issued_at = 0
+        self.token = ""
         self._lock = threading.Lock()
 
     def get_header(self) -> str:
+        return f"bearer {self.token}"
+
+    def refresh(self, rejected: bool = False) -> None:
         with self._lock:
-            if time.time() - self._issued_at >= TOKEN_REUSE_S:
-                self._refresh(force=False)
-            return f"bearer {self._token}"
+            now = time.time()
+            if not self._too_old(now - self.issued_at, rejected):
+                return
+            try:
+                self.issued_at, self.token = self._shared(now, rejected)
+            except redis.RedisError as exc:
+                log.warning("APNs provider token not shared (Redis: %s); signing locally", exc)
+                self.issued_at, self.token = self._signed(now)
 
-    def force_refresh(self) -> None:
-        with self._lock:
-            self._refresh(force=True)
+    @staticmethod
+    def _too_old(age_s: float, rejected: bool) -> bool:
+        return age_s >= (TOKEN_MIN_AGE_FOR_RESIGN_S if rejected else TOKEN_REUSE_S)
 
-    def _refresh(self, force: bool) -> None:
-        now = time.time()
-        try:
-            self._issued_at, self._token = self._shared(now, force)
-        except redis.RedisError as exc:
-            log.warning("provider token not shared (Redis unavailable), signing locally: %s", exc)
-            if force or now - self._issued_at >= TOKEN_REUSE_S:
-                self._issued_at, self._token = now, _sign(self.key, now)
+    def _signed(self, now: float) -> tuple[int, str]:
+        return int(now), _sign(self.key, int(now))
 
-    def _shared(self, now: float, force: bool) -> tuple[float, str]:
+    def _shared(self, now: float, rejected: bool) -> tuple[int, str]:
         r = redis_connection()
         key = settings.redis_key("apns", "provider_token")
-        for _ in range(20):
-            current = _parse(r.get(key))
-            if current is not None:
-                age = now - current[0]
-                if age < TOKEN_REUSE_S and not (force and age >= TOKEN_MIN_AGE_FOR_RESIGN_S):
-                    return current
-            if r.set(f"{key}:lock", os.getpid(), nx=True, ex=10):
+        lock = settings.redis_key("apns", "provider_token", "lock")
+        give_up_at = time.monotonic() + TOKEN_LOCK_WAIT_S
+        while time.monotonic() < give_up_at:
+            shared = _parse_shared(r.get(key))
+            if shared is not None and not self._too_old(now - shared[0], rejected):
+                return shared
+            if r.set(lock, os.getpid(), nx=True, ex=10):
                 try:
-                    token = (now, _sign(self.key, now))
-                    r.set(key, f"{int(now)}:{token[1]}", ex=60 * 60)
-                    return float(int(now)), token[1]
+                    signed = self._signed(now)
+                    r.set(key, f"{signed[0]}:{signed[1]}", ex=60 * 60)
+                    return signed
                 finally:
-                    r.delete(f"{key}:lock")
+                    r.delete(lock)
             time.sleep(0.05)  # another process is signing: take its token
-        raise redis.RedisError("provider token lock not released")
+        log.warning("APNs provider token lock held too long; signing locally")
+        return self._signed(now)
 
 
-def _parse(raw: Any) -> tuple[float, str] | None:
-    if not raw:
-        return None
-    issued_at, _, token = str(raw).partition(":")
-    return float(issued_at), token
-
-
-# --- the aioapns seams: where to connect, and two fixes -----------------------------------
+# --- the aioapns seams: where to connect, the exact headers, and two fixes ------------------
 
 
 class PushRequest(NotificationRequest):
@@ -191,34 +209,33 @@ class PushRequest(NotificationRequest):
         self.expiration = int(push.expiration.timestamp()) if push.expiration else None
 
 
+def _error_result(notification_id: str, status: str, body: bytes) -> NotificationResult:
+    """An error answer; a body that is not Apple's JSON still ends the wait."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        answer = {}
+    return NotificationResult(
+        notification_id, status, description=answer.get("reason"), timestamp=answer.get("timestamp")
+    )
+
+
 class DispatchProtocol(APNsTLSClientProtocol):
-    """aioapns's TLS protocol, with the host chosen by configuration, the contract's headers
-    exactly, and two fixes: received DATA is acknowledged (aioapns never does, so error
-    bodies stall a connection after ~64 KiB), and answers or losses for sends already given
-    up on are skipped instead of raising InvalidStateError."""
+    """aioapns's TLS protocol with the contract's headers exactly, and its 4.0 bugs fixed:
+    received DATA is acknowledged (it never was, so ~64 KiB of error bodies stalled a
+    connection); an error answer is read when its stream ends, so a missing or non-JSON body
+    cannot hang a send; answers and losses for sends already given up on (a caller's timeout)
+    are skipped instead of raising InvalidStateError; finished streams are forgotten."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bodies: dict[int, bytearray] = {}
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         stream_id = await self.free_channels.acquire()
-        headers = [
-            (":method", "POST"),
-            (":scheme", "https"),
-            (":path", f"/3/device/{request.device_token}"),
-            ("host", self.APNS_SERVER),
-            ("apns-id", request.notification_id),
-            ("apns-topic", request.apns_topic or self.apns_topic),
-        ]
-        expiration = getattr(request, "expiration", None)
-        if expiration is not None:
-            headers.append(("apns-expiration", str(expiration)))
-        if request.priority is not None:
-            headers.append(("apns-priority", str(request.priority)))
-        if request.collapse_key is not None:
-            headers.append(("apns-collapse-id", request.collapse_key))
-        if request.push_type is not None:
-            headers.append(("apns-push-type", request.push_type.value))
-        if self.auth_provider is not None:
-            headers.append(("authorization", self.auth_provider.get_header()))
-        self.conn.send_headers(stream_id=stream_id, headers=headers)
+        self.conn.send_headers(stream_id=stream_id, headers=self._headers(request))
         body = json.dumps(request.message, ensure_ascii=False, separators=(",", ":")).encode()
         self.conn.send_data(stream_id=stream_id, data=body, end_stream=True)
         self.flush()
@@ -227,35 +244,54 @@ class DispatchProtocol(APNsTLSClientProtocol):
         self.request_streams[stream_id] = request.notification_id
         return await answer
 
-    def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
-        self.conn.acknowledge_received_data(len(raw_data), stream_id)
-        notification_id = self.request_streams.get(stream_id)
-        if notification_id is not None and self._given_up(notification_id):
-            self.request_streams.pop(stream_id, None)
-            self.request_statuses.pop(notification_id, None)
-            return
-        super().on_data_received(raw_data, stream_id)
+    def _headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
+        headers = [
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":path", f"/3/device/{request.device_token}"),
+            ("host", self.APNS_SERVER),
+            ("apns-id", request.notification_id),
+            ("apns-topic", request.apns_topic or self.apns_topic),
+        ]
+        optional = {
+            "apns-push-type": request.push_type.value if request.push_type else None,
+            "apns-priority": request.priority,
+            "apns-collapse-id": request.collapse_key,
+            "apns-expiration": getattr(request, "expiration", None),
+        }
+        headers += [(name, str(value)) for name, value in optional.items() if value is not None]
+        if self.auth_provider is not None:
+            headers.append(("authorization", self.auth_provider.get_header()))
+        return headers
 
     def on_response_received(self, headers: dict[bytes, bytes]) -> None:
-        notification_id = headers.get(b"apns-id", b"").decode("utf8")
-        if self._given_up(notification_id) and headers.get(b":status") == b"200":
+        notification_id = headers.get(b"apns-id", b"").decode()
+        status = headers.get(b":status", b"").decode()
+        if status != "200":
+            self.request_statuses[notification_id] = status  # answered at the stream's end
             return
-        super().on_response_received(headers)
+        request = self.requests.pop(notification_id, None)
+        if request is not None and not request.done():
+            request.set_result(NotificationResult(notification_id, status))
+
+    def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
+        self.conn.acknowledge_received_data(len(raw_data), stream_id)
+        self.bodies.setdefault(stream_id, bytearray()).extend(raw_data)
 
     def on_stream_ended(self, stream_id: int) -> None:
-        self.request_streams.pop(stream_id, None)  # aioapns keeps successful streams forever
-        super().on_stream_ended(stream_id)
+        body = bytes(self.bodies.pop(stream_id, b""))
+        notification_id = self.request_streams.pop(stream_id, None)
+        if notification_id is not None:
+            status = self.request_statuses.pop(notification_id, None)
+            request = self.requests.pop(notification_id, None)
+            if status is not None and request is not None and not request.done():
+                request.set_result(_error_result(notification_id, status, body))
+        super().on_stream_ended(stream_id)  # frees the stream's slot
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.requests = {nid: fut for nid, fut in self.requests.items() if not fut.done()}
+        self.bodies.clear()
         super().connection_lost(exc)
-
-    def _given_up(self, notification_id: str) -> bool:
-        future = self.requests.get(notification_id)
-        if future is not None and future.done():
-            del self.requests[notification_id]
-            return True
-        return False
 
 
 def _protocol_for(environment: str) -> type[APNsTLSClientProtocol]:
@@ -268,13 +304,17 @@ def _protocol_for(environment: str) -> type[APNsTLSClientProtocol]:
 
 
 def _ssl_context() -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=settings.apns_ca_file or None)
+    """The system's trust store, plus APNS_CA_FILE (a test server's CA) when set."""
+    context = ssl.create_default_context()
+    if settings.apns_ca_file:
+        context.load_verify_locations(cafile=settings.apns_ca_file)
     context.set_alpn_protocols(["h2"])
     return context
 
 
 class DispatchPool(APNsKeyConnectionPool):
-    """aioapns's key pool, with our protocol class and the shared provider token."""
+    """aioapns's key pool, with our protocol class and the process's shared provider token.
+    Create it on the running loop (aioapns binds the loop it finds)."""
 
     def __init__(self, environment: str, key: str, auth: SharedProviderToken) -> None:
         super().__init__(
@@ -282,8 +322,8 @@ class DispatchPool(APNsKeyConnectionPool):
             key_id=settings.apns_key_id,
             team_id=settings.apns_team_id,
             topic=settings.apns_topic,
-            max_connections=4,
-            max_connection_attempts=2,
+            max_connections=MAX_CONNECTIONS,
+            max_connection_attempts=MAX_CONNECTION_ATTEMPTS,
             use_sandbox=environment == "sandbox",
             ssl_context=_ssl_context(),
         )
@@ -300,8 +340,24 @@ class DispatchPool(APNsKeyConnectionPool):
         )
         return await self._create_connection(factory)
 
+    def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
+        if connection in self.connections:  # lost before the pool had added it
+            super().discard_connection(connection)
+
 
 # --- one event loop per process --------------------------------------------------------------
+
+
+def _apns_config() -> tuple[str | int, ...]:
+    return (
+        settings.apns_key_path,
+        settings.apns_key_id,
+        settings.apns_team_id,
+        settings.apns_topic,
+        settings.apns_host,
+        settings.apns_port,
+        settings.apns_ca_file,
+    )
 
 
 class _Sender:
@@ -309,13 +365,18 @@ class _Sender:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="apns", daemon=True)
-        self.thread.start()
+        self.config = _apns_config()
         self.key = Path(settings.apns_key_path).read_text()
         self.auth = SharedProviderToken(self.key)
         self.pools: dict[str, DispatchPool] = {}
-        self.in_flight: asyncio.Semaphore | None = None
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="apns", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
 
     def pool(self, environment: str) -> DispatchPool:
         if environment not in self.pools:
@@ -323,53 +384,118 @@ class _Sender:
         return self.pools[environment]
 
     async def send_all(self, pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
-        if self.in_flight is None:
-            self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        return list(await asyncio.gather(*(self.send(p, timeout_s) for p in pushes)))
-
-    async def send(self, push: Push, timeout_s: float) -> PushResult:
-        assert self.in_flight is not None
-        async with self.in_flight:
-            status, reason = await self._attempt(push, timeout_s)
-            if status == 403 and reason == "ExpiredProviderToken":
-                await asyncio.to_thread(self.auth.force_refresh)
-                status, reason = await self._attempt(push, timeout_s)
-        outcome = classify(status, reason)
-        if outcome is not Outcome.delivered:
-            log.info("push to %s… answered %s %s: %s", push.token[:8], status, reason, outcome)
-        return PushResult(push, outcome, status, reason)
-
-    async def _attempt(self, push: Push, timeout_s: float) -> tuple[int | None, str | None]:
+        """Every push answered, or given up on, by `timeout_s` from now."""
+        deadline = self.loop.time() + timeout_s
         try:
-            result = await asyncio.wait_for(
-                self.pool(push.environment).send_notification(PushRequest(push)), timeout_s
-            )
+            async with asyncio.timeout_at(deadline):
+                await asyncio.to_thread(self.auth.refresh)
         except TimeoutError:
-            return None, "timeout"
-        except (ConnectionError, ConnectionClosed, MaxAttemptsExceeded, OSError) as exc:
+            return [_result(push, None, "timeout") for push in pushes]
+        return list(await asyncio.gather(*(self.send(push, deadline) for push in pushes)))
+
+    async def send(self, push: Push, deadline: float) -> PushResult:
+        try:
+            async with asyncio.timeout_at(deadline), self.in_flight:
+                status, reason = await self._deliver(push)
+        except TimeoutError:
+            status, reason = None, "timeout"
+        return _result(push, status, reason)
+
+    async def _deliver(self, push: Push) -> tuple[int | None, str | None]:
+        """One send; after ExpiredProviderToken, one more with a freshly signed token."""
+        status, reason = await self._attempt(push)
+        if (status, reason) == EXPIRED_PROVIDER_TOKEN:
+            await asyncio.to_thread(self.auth.refresh, True)
+            status, reason = await self._attempt(push)
+        return status, reason
+
+    async def _attempt(self, push: Push) -> tuple[int | None, str | None]:
+        try:
+            result = await self.pool(push.environment).send_notification(PushRequest(push))
+        except (ConnectionClosed, MaxAttemptsExceeded, OSError) as exc:
             return None, f"connection: {type(exc).__name__}"
+        except Exception:
+            # Not a known failure: logged in full, and retried rather than losing the batch.
+            log.exception("APNs push to %s… failed unexpectedly", push.token[:8])
+            return None, "error"
         return int(result.status), result.description
+
+    def close(self) -> None:
+        """Close the connections and the loop (at process shutdown, or new settings)."""
+        asyncio.run_coroutine_threadsafe(self._close_pools(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    async def _close_pools(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        give_up_at = self.loop.time() + 5
+        while any(pool.connections for pool in self.pools.values()):
+            if self.loop.time() > give_up_at:
+                break
+            await asyncio.sleep(0.01)  # let each connection_lost run
+        await self.loop.shutdown_default_executor()
+
+
+def _result(push: Push, status: int | None, reason: str | None) -> PushResult:
+    outcome = classify(status, reason)
+    if outcome is Outcome.dropped:
+        log.warning("APNs push to %s… dropped: %s %s", push.token[:8], status, reason)
+    elif outcome is not Outcome.delivered:
+        log.info("APNs push to %s… answered %s %s: %s", push.token[:8], status, reason, outcome)
+    return PushResult(push, outcome, status, reason)
 
 
 _sender: _Sender | None = None
 _sender_lock = threading.Lock()
+_inherited: list[_Sender] = []  # a parent's sender seen after fork: never used, never closed
 
 
 def _current_sender() -> _Sender:
     global _sender
     with _sender_lock:
-        if _sender is None or _sender.pid != os.getpid():
-            _sender = _Sender()  # a forked child never reuses its parent's loop or sockets
+        if _sender is not None and _sender.pid != os.getpid():
+            _inherited.append(_sender)  # its loop thread did not survive the fork
+            _sender = None
+        if _sender is not None and _sender.config != _apns_config():
+            _sender.close()
+            _sender = None
+        if _sender is None:
+            _sender = _Sender()
         return _sender
 
 
+def _after_fork_in_child() -> None:
+    global _sender_lock
+    _sender_lock = threading.Lock()  # it may have been held by a thread that is gone
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def send_pushes(pushes: Sequence[Push], timeout_s: float = 15.0) -> list[PushResult]:
-    """Send every push and wait for all answers (each bounded by `timeout_s`).
-    One result per push, in order. With no APNs key configured nothing is sent."""
+    """Send every push and wait for all answers, for at most `timeout_s` in all (a push not
+    answered by then is a retry). One result per push, in order. Blocking; thread-safe.
+    With no APNs key configured nothing is sent."""
     if not pushes:
         return []
     if not apns_enabled():
         return [PushResult(p, Outcome.dropped, None, "apns_not_configured") for p in pushes]
     sender = _current_sender()
     future = asyncio.run_coroutine_threadsafe(sender.send_all(pushes, timeout_s), sender.loop)
-    return future.result(timeout=timeout_s * 2 + 5)
+    try:
+        return future.result(timeout=timeout_s + RESULT_GRACE_S)
+    except TimeoutError:
+        future.cancel()
+        log.error("APNs loop did not answer %d pushes within %.0f s", len(pushes), timeout_s)
+        raise
+
+
+def shutdown() -> None:
+    """Close this process's APNs connections cleanly (worker shutdown, end of tests)."""
+    global _sender
+    with _sender_lock:
+        if _sender is not None and _sender.pid == os.getpid():
+            _sender.close()
+        _sender = None
