@@ -38,3 +38,6 @@ test: lint typecheck $(JS_STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+bench: install
+	$(BIN)/python -m bench.run $(BENCH)

@@ -1,0 +1,184 @@
+"""Dispatch latency: 1,000 driver feeds connected (in separate client processes), 20 of them
+near each job, 20 jobs/s for 30 s; from sending POST /jobs to each offered driver's `job:new`.
+
+Floor, same run: an HTTP round trip to a trivial endpoint + one RedisManager emit reaching
+a connected client + one Celery task's enqueue-to-start (from the worker's task-started event)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+from bench.data import add_users, bearer, summary_ms, token_for
+from bench.feeds import FeedProcesses
+from models.db import redis_connection
+from models.positions import record_position
+from tests.processes import Process, start_gateway, start_web, start_worker
+from workers.celery_app import app as celery_app
+from workers.events import driver_room, emit
+
+CLUSTERS = 50
+PER_CLUSTER = 20
+RATE_PER_S = 20
+SECONDS = 30
+FEED_PROCESSES = 4
+
+
+def _cluster_center(cluster: int) -> tuple[float, float]:
+    return 10.0 + cluster * 1.0, 0.0  # 111 km apart: a job reaches only its own cluster
+
+
+def _place(drivers: list[int]) -> dict[int, list[int]]:
+    r = redis_connection()
+    clusters: dict[int, list[int]] = {}
+    for n, driver in enumerate(drivers):
+        cluster = n // PER_CLUSTER
+        lat, lng = _cluster_center(cluster)
+        record_position(r, driver, lat + (n % PER_CLUSTER) * 0.001, lng)
+        clusters.setdefault(cluster, []).append(driver)
+    return clusters
+
+
+def _http_floor(base: str) -> float:
+    session = requests.Session()
+    seconds = []
+    for _ in range(200):
+        start = time.time()
+        session.get(f"{base}/health", timeout=10)
+        seconds.append(time.time() - start)
+    session.close()
+    return statistics.median(seconds)
+
+
+def _emit_floor(driver: int) -> list[float]:
+    sent = []
+    for n in range(100):
+        sent.append(time.time())
+        emit("bench:ping", {"n": n}, [driver_room(driver)])
+        time.sleep(0.01)
+    return sent
+
+
+def _enqueue_floor(samples: int = 50) -> float:
+    """Enqueue-to-start of a trivial task, read from the worker's task-started events."""
+    started: dict[str, float] = {}
+    done = threading.Event()
+
+    def on_started(event: dict) -> None:
+        started[event["uuid"]] = event["timestamp"]
+        if len(started) >= samples:
+            done.set()
+
+    sent: dict[str, float] = {}
+    with celery_app.connection_for_read() as conn:
+        receiver = celery_app.events.Receiver(conn, handlers={"task-started": on_started})
+        listener = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=60, wakeup=True), daemon=True
+        )
+        listener.start()
+        time.sleep(1.0)
+        for _ in range(samples):
+            sent_at = time.time()
+            result = celery_app.send_task("workers.tasks.expire_jobs")
+            sent[result.id] = sent_at
+            time.sleep(0.05)
+        done.wait(30)
+        receiver.should_stop = True
+    return statistics.median(started[k] - sent[k] for k in sent if k in started)
+
+
+def _post_jobs(base: str, customer: int) -> dict[int, tuple[float, int]]:
+    """POST RATE_PER_S jobs a second for SECONDS; job id -> (send time, cluster)."""
+    headers = bearer(customer, "customer")
+    sent: dict[int, tuple[float, int]] = {}
+    local = threading.local()
+
+    def post(n: int) -> None:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        cluster = n % CLUSTERS
+        lat, lng = _cluster_center(cluster)
+        start = time.time()
+        answer = local.session.post(
+            f"{base}/jobs", json={"pickup": {"lat": lat, "lng": lng}}, headers=headers, timeout=30
+        )
+        answer.raise_for_status()
+        sent[answer.json()["id"]] = (start, cluster)
+
+    begin = time.time()
+    with ThreadPoolExecutor(8) as pool:
+        for n in range(RATE_PER_S * SECONDS):
+            time.sleep(max(0.0, begin + n / RATE_PER_S - time.time()))
+            pool.submit(post, n)
+    return sent
+
+
+def main() -> None:
+    logs = Path(tempfile.mkdtemp())
+    [customer] = add_users("customer", 1)
+    drivers = add_users("driver", CLUSTERS * PER_CLUSTER)
+    processes: list[Process] = []
+    feeds: FeedProcesses | None = None
+    try:
+        web, api_port = start_web(logs)
+        gateway, gateway_port = start_gateway(logs)
+        processes += [web, gateway, start_worker(logs, concurrency=2)]
+        base = f"http://127.0.0.1:{api_port}/api/v1"
+        feeds = FeedProcesses(
+            f"ws://127.0.0.1:{gateway_port}",
+            [(d, token_for(d, "driver")) for d in drivers],
+            FEED_PROCESSES,
+        )
+        connected = feeds.start()
+        print(f"{connected} feeds connected", file=sys.stderr)
+        clusters = _place(drivers)
+
+        http_floor = _http_floor(base)
+        ping_sent = _emit_floor(drivers[0])
+        enqueue_floor = _enqueue_floor()
+        sent = _post_jobs(base, customer)
+        time.sleep(5)  # let the last offers arrive
+        received = feeds.stop()
+    finally:
+        if feeds is not None:
+            feeds.kill()
+        for process in reversed(processes):
+            process.stop()
+
+    pings = sorted(t for event, _, _, t in received if event == "bench:ping")
+    emit_floor = statistics.median(b - a for a, b in zip(ping_sent, pings, strict=False))
+    arrivals = {(p["job"]["id"], d): t for e, d, p, t in received if e == "job:new"}
+    latencies, lost = [], 0
+    for job_id, (start, cluster) in sent.items():
+        for driver in clusters[cluster]:
+            if (job_id, driver) in arrivals:
+                latencies.append(arrivals[(job_id, driver)] - start)
+            else:
+                lost += 1
+    result = {
+        **summary_ms(latencies),
+        "lost": lost,
+        "offers": len(latencies),
+        "connections": connected,
+    }
+    floor = http_floor + emit_floor + enqueue_floor
+    result["floor_p50_ms"] = round(floor * 1000, 2)
+    result["ratio_p50"] = round(result["p50_ms"] / result["floor_p50_ms"], 2)
+    result["floor_parts_ms"] = {
+        "http": round(http_floor * 1000, 2),
+        "emit": round(emit_floor * 1000, 2),
+        "enqueue_to_start": round(enqueue_floor * 1000, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
