@@ -133,7 +133,7 @@ def create_job(
             session.flush()
     job = Job(
         status=JobStatus.pending.value,
-        customer_id=customer.id,
+        customer=customer,
         pickup_lat=pickup.lat,
         pickup_lng=pickup.lng,
         pickup_address=pickup.address,
@@ -144,22 +144,22 @@ def create_job(
         idempotency_key=idempotency_key,
         created_at=now,
         expires_at=now + timedelta(seconds=settings.job_offer_ttl_s),
+        driver=None,
     )
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job, True
     try:
-        with session.begin_nested():
+        with session.begin_nested():  # a savepoint only where a duplicate key can race
             session.add(job)
             session.flush()
     except IntegrityError:
         # A concurrent request with the same key committed first: answer with its job.
-        earlier = (
-            _job_by_idempotency_key(session, customer.id, idempotency_key)
-            if idempotency_key
-            else None
-        )
+        earlier = _job_by_idempotency_key(session, customer.id, idempotency_key)
         if earlier is None:
             raise
         return earlier, False
-    session.refresh(job)
     return job, True
 
 
