@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import redis
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from models.accounts import User
 from models.db import utcnow
@@ -16,9 +16,9 @@ from models.jobs import Job, JobStatus, Offer
 from models.positions import Candidate, eligible_drivers
 
 
-def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[Offer]:
+def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[int]:
     """Insert one offer per candidate, skipping drivers this job was already offered to
-    (a retried or redelivered task). Returns only the offers made now."""
+    (a retried or redelivered task). Returns the drivers offered it now."""
     if not candidates:
         return []
     now = utcnow()
@@ -35,10 +35,7 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
     stmt = (
         postgresql.insert(Offer) if dialect == "postgresql" else sqlite.insert(Offer)
     ).on_conflict_do_nothing(index_elements=["job_id", "driver_id"])
-    new_ids = list(session.scalars(stmt.returning(Offer.id), rows))
-    if not new_ids:
-        return []
-    return list(session.scalars(select(Offer).where(Offer.id.in_(new_ids)).order_by(Offer.id)))
+    return list(session.scalars(stmt.returning(Offer.driver_id), rows))
 
 
 def offered_driver_ids(session: Session, job_id: int) -> list[int]:
@@ -63,7 +60,7 @@ def driver_feed(session: Session, driver: User) -> list[Offer]:
     )
 
 
-def offer_job(session: Session, r: redis.Redis, job: Job) -> list[Offer]:
+def offer_job(session: Session, r: redis.Redis, job: Job) -> list[int]:
     """Offer a pending job to every eligible driver it was not offered to yet."""
     if job.status != JobStatus.pending or job.expires_at <= utcnow():
         return []
@@ -72,10 +69,11 @@ def offer_job(session: Session, r: redis.Redis, job: Job) -> list[Offer]:
 
 def unnotified_offers(session: Session, job_id: int) -> list[Offer]:
     """Offers whose driver was not yet sent `job:new`: all of them on a first run, the
-    rest after a worker died half-way."""
+    rest after a worker died half-way. Their job is the caller's, already in the session."""
     return list(
         session.scalars(
             select(Offer)
+            .options(lazyload(Offer.job))
             .where(Offer.job_id == job_id, Offer.notified_at.is_(None))
             .order_by(Offer.distance_km)
         )

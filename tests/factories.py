@@ -106,7 +106,7 @@ class Factory:
         with session_scope() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            return [o.driver_id for o in offer_job(session, redis_connection(), job)]
+            return offer_job(session, redis_connection(), job)
 
 
 @dataclass

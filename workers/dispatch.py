@@ -14,7 +14,7 @@ from models.jobs import Job, JobStatus, expire_due_jobs, mark_dispatched, undisp
 from models.offers import mark_notified, offer_job, offered_driver_ids, unnotified_offers
 from models.schemas import JobView, OfferView, as_json
 from settings import settings
-from workers.events import customer_room, driver_room, emit
+from workers.events import customer_room, driver_room, emit, emit_each
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ def dispatch_job(job_id: int) -> list[int]:
         if job is None or job.status != JobStatus.pending:
             return []
         offer_job(session, redis_connection(), job)
-    with session_scope() as session:
         offers = unnotified_offers(session, job_id)
-        for offer in offers:
-            emit("job:new", as_json(OfferView.of(offer)), [driver_room(offer.driver_id)])
+        events = [("job:new", as_json(OfferView.of(o)), driver_room(o.driver_id)) for o in offers]
+    # Committed first: a driver who accepts the moment the event arrives finds the offer.
+    emit_each(events)
+    with session_scope() as session:
         mark_notified(session, [offer.id for offer in offers])
         mark_dispatched(session, job_id)
     log.info("job %s offered to %d drivers", job_id, len(offers))
