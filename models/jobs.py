@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm.attributes import set_committed_value
 
 from models.accounts import DriverProfile, User
 from models.db import Base, UTCDateTime, utcnow
@@ -207,8 +208,12 @@ def accept_job(session: Session, driver: User, job_id: int) -> Job:
     The driver is claimed first (one job at a time), then the job by a conditional UPDATE;
     a loser's transaction rolls back both."""
     _require_role(driver, "driver")
-    job = session.get(Job, job_id)
-    if job is None or not _was_offered(session, job_id, driver.id):
+    job = session.scalar(
+        select(Job)
+        .join(Offer, (Offer.job_id == Job.id) & (Offer.driver_id == driver.id))
+        .where(Job.id == job_id)
+    )
+    if job is None:
         raise NotFound("No such job.")
     if job.status == JobStatus.accepted and job.driver_id == driver.id:
         return job  # a retried accept by the winner
@@ -229,7 +234,14 @@ def accept_job(session: Session, driver: User, job_id: int) -> Job:
     )
     if won.rowcount != 1:  # type: ignore[attr-defined]
         raise JobNotAvailable()
-    session.refresh(job)
+    # What the UPDATE wrote, without reading the row back.
+    for name, value in (
+        ("status", JobStatus.accepted.value),
+        ("driver_id", driver.id),
+        ("accepted_at", now),
+        ("driver", driver),
+    ):
+        set_committed_value(job, name, value)
     return job
 
 
