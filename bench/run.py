@@ -13,24 +13,15 @@ import time
 import uuid
 from pathlib import Path
 
-import psycopg2
 import redis
+
+from tests.processes import run_admin_sql
 
 BENCHMARKS = ["dispatch", "accept", "push", "nearby", "gateway", "booking"]
 HERE = Path(__file__).resolve().parent
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
 
 
 def _machine() -> dict[str, object]:
@@ -65,7 +56,7 @@ def main() -> int:
     only = sys.argv[1:] or BENCHMARKS
     run_id = uuid.uuid4().hex[:8]
     database = f"dispatch_bench_{run_id}"
-    _admin(f'CREATE DATABASE "{database}"')
+    run_admin_sql(ADMIN_URL, f'CREATE DATABASE "{database}"')
     env = {
         **os.environ,
         "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + "/" + database,
@@ -82,7 +73,7 @@ def main() -> int:
         )
         results = {name: _run_one(name, env) for name in only}
     finally:
-        _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        run_admin_sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         r = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
         for key in r.scan_iter(match=f"bench-{run_id}:*", count=1000):
             r.delete(key)

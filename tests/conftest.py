@@ -27,7 +27,6 @@ for unset in ("CELERY_BROKER_URL", "APNS_KEY_PATH", "APNS_HOST", "APNS_PORT", "A
 
 from collections.abc import Iterator  # noqa: E402
 
-import psycopg2  # noqa: E402
 import pytest  # noqa: E402
 import redis  # noqa: E402
 from alembic import command  # noqa: E402
@@ -40,33 +39,24 @@ from api import create_app  # noqa: E402
 from models.db import engine, redis_connection  # noqa: E402
 from settings import PROJECT_ROOT, settings  # noqa: E402
 from tests.factories import Factory  # noqa: E402
+from tests.processes import run_admin_sql  # noqa: E402
 
 pytest_plugins = ["tests.fake_apns_fixtures"]
 
 TABLES = "offers, device_tokens, driver_profiles, jobs, users"
 
 
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN_URL)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="session", autouse=True)
 def database() -> Iterator[str]:
     """Create this run's database, migrate it to head with Alembic, drop it at the end."""
-    _admin(f'CREATE DATABASE "{TEST_DB}"')
+    run_admin_sql(ADMIN_URL, f'CREATE DATABASE "{TEST_DB}"')
     try:
         config = Config(str(PROJECT_ROOT / "alembic.ini"))
         command.upgrade(config, "head")
         yield os.environ["DATABASE_URL"]
     finally:
         engine().dispose()
-        _admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        run_admin_sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
 def _delete_prefixed_keys(r: redis.Redis) -> None:

@@ -14,11 +14,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg2
 import redis
 
 from settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
+
+
+def run_admin_sql(admin_url: str, sql: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on the admin database."""
+    conn = psycopg2.connect(admin_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
 
 
 def free_port() -> int:
