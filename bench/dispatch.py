@@ -21,7 +21,7 @@ from bench.data import add_users, bearer, summary_ms, token_for
 from bench.feeds import FeedProcesses
 from models.db import redis_connection
 from models.positions import record_position
-from tests.processes import Process, start_gateway, start_web, start_worker
+from tests.processes import Process, start_gateway, start_web, start_workers
 from workers.celery_app import app as celery_app
 from workers.events import driver_room, emit
 
@@ -130,7 +130,7 @@ def main() -> None:
     try:
         web, api_port = start_web(logs)
         gateway, gateway_port = start_gateway(logs)
-        processes += [web, gateway, start_worker(logs, concurrency=2)]
+        processes += [web, gateway, *start_workers(logs, concurrency=2)]
         base = f"http://127.0.0.1:{api_port}/api/v1"
         feeds = FeedProcesses(
             f"ws://127.0.0.1:{gateway_port}",

@@ -244,6 +244,13 @@ class FakeAPNs:
         idle = self._settle(lambda: not self._answering(), timeout_s)
         return asyncio.run_coroutine_threadsafe(idle, self._loop).result(timeout_s + 5)
 
+    def pending(self) -> int:
+        """Requests received and not answered yet (held back by a delay)."""
+        return asyncio.run_coroutine_threadsafe(self._pending(), self._loop).result(5)
+
+    async def _pending(self) -> int:
+        return sum(len(connection.answers) for connection in self.open_connections)
+
     def clear(self) -> None:
         """Forget what was received and every token's behaviour."""
         with self._lock:

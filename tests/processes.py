@@ -121,8 +121,14 @@ def start_web(log_dir: Path, env: dict[str, str] | None = None) -> tuple[Process
 
 
 def start_worker(
-    log_dir: Path, env: dict[str, str] | None = None, name: str = "worker", concurrency: int = 2
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    name: str = "worker",
+    concurrency: int = 2,
+    queues: str = "dispatch",
 ) -> Process:
+    """A Celery worker on `queues`: `dispatch` and `push` run in separate workers, as in
+    the Procfile, so a slow APNs never holds a socket event back."""
     process = Process(
         name,
         [
@@ -131,7 +137,7 @@ def start_worker(
             "workers.celery_app",
             "worker",
             "--queues",
-            "dispatch,push",
+            queues,
             "--concurrency",
             str(concurrency),
             "--loglevel",
@@ -147,6 +153,16 @@ def start_worker(
     )
     process.wait_for_log("ready.")
     return process
+
+
+def start_workers(
+    log_dir: Path, env: dict[str, str] | None = None, concurrency: int = 1
+) -> list[Process]:
+    """The dispatch worker and the push worker."""
+    return [
+        start_worker(log_dir, env, "worker", concurrency, "dispatch"),
+        start_worker(log_dir, env, "pushworker", concurrency, "push"),
+    ]
 
 
 def start_beat(log_dir: Path, env: dict[str, str] | None = None) -> Process:

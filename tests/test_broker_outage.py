@@ -10,7 +10,7 @@ from sqlalchemy import select
 from models.db import session_scope
 from models.jobs import Job, Offer
 from tests.factories import Factory, HttpClient
-from tests.processes import PrivateRedis, start_beat, start_web, start_worker, wait_until
+from tests.processes import PrivateRedis, start_beat, start_web, start_workers, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_job_created_while_redis_is_down_is_dispatched_when_it_is_back(
 ) -> None:
     env = {"REDIS_URL": private_redis.url, "REDISPATCH_AFTER_S": "1"}
     web, port = start_web(tmp_path, env)
-    worker = start_worker(tmp_path, env)
+    worker, push_worker = start_workers(tmp_path, env)
     beat = start_beat(tmp_path, env)
     http = HttpClient(f"http://127.0.0.1:{port}")
     try:
@@ -69,5 +69,5 @@ def test_job_created_while_redis_is_down_is_dispatched_when_it_is_back(
         assert f"re-dispatching 1 jobs never dispatched: [{job_id}]" in worker.log()
     finally:
         http.close()
-        for process in (beat, worker, web):
+        for process in (beat, push_worker, worker, web):
             process.stop()

@@ -21,7 +21,7 @@ from models.jobs import Offer
 from settings import settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of
-from tests.processes import Process, start_worker, wait_until
+from tests.processes import Process, start_workers, wait_until
 from workers.enqueue import enqueue
 
 pytestmark = pytest.mark.slow
@@ -29,9 +29,11 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]) -> Iterator[Process]:
-    process = start_worker(tmp_path_factory.mktemp("worker"), env=apns_env, concurrency=1)
-    yield process
-    process.stop()
+    """The dispatch worker (a push worker runs beside it, as in the Procfile)."""
+    dispatch_worker, push_worker = start_workers(tmp_path_factory.mktemp("worker"), apns_env)
+    yield dispatch_worker
+    push_worker.stop()
+    dispatch_worker.stop()
 
 
 @pytest.fixture
@@ -263,11 +265,15 @@ def test_slow_or_down_apns_does_not_hold_back_job_new(
     customer = factory.customer()
     driver = factory.driver()
     phone = factory.device(driver)
-    fake_apns.behave(phone, Behaviour(200, None, delay_s=8))
+    fake_apns.behave(phone, Behaviour(200, None, delay_s=10))
     factory.job(customer)
     tap.wait_for("job:new", timeout_s=5)
-    assert fake_apns.received(phone) == []  # the push is still waiting on APNs
+    wait_until(lambda: fake_apns.pending() == 1, 10, "the push to hang on APNs")
+
+    factory.job(customer)  # while that push still waits on APNs
+    tap.wait_for("job:new", count=2, timeout_s=5)
+    assert fake_apns.received(phone) == [] and fake_apns.pending() == 1
 
     fake_apns.down()
     factory.job(customer)
-    tap.wait_for("job:new", count=2, timeout_s=5)
+    tap.wait_for("job:new", count=3, timeout_s=5)

@@ -21,7 +21,7 @@ from tests.processes import (
     start_beat,
     start_gateway,
     start_web,
-    start_worker,
+    start_workers,
     wait_until,
 )
 from tests.sockets import Listener
@@ -50,7 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]) ->
             gateway, port = start_gateway(logs, name=name)
             processes.append(gateway)
             gateways.append(port)
-        processes.append(start_worker(logs, env=apns_env))
+        processes.extend(start_workers(logs, env=apns_env))
         processes.append(start_beat(logs))
         http = HttpClient(f"http://127.0.0.1:{api_port}")
         yield Stack(http, gateways, processes)
