@@ -24,18 +24,13 @@ class FeedSpec:
 
 
 async def _feed(
-    url: str,
-    driver_id: int,
-    token: str,
-    sink: list[Received],
-    ready: asyncio.Event,
-    stop: asyncio.Event,
+    url: str, driver_id: int, token: str, sink: list[Received], ready: asyncio.Event
 ) -> None:
     async with websockets.connect(
         f"{url}/socket.io/?EIO=4&transport=websocket",
         ping_interval=None,
         max_size=2**20,
-        open_timeout=60,
+        open_timeout=120,
     ) as ws:
         opened = await ws.recv()
         assert str(opened).startswith("0"), opened
@@ -44,32 +39,28 @@ async def _feed(
         if not joined.startswith("40"):
             raise RuntimeError(f"driver {driver_id} refused: {joined}")
         ready.set()
-        while not stop.is_set():
-            try:
-                message = str(await asyncio.wait_for(ws.recv(), 0.5))
-            except TimeoutError:
-                continue
+        async for message in ws:  # until cancelled
             if message == "2":
                 await ws.send("3")
-            elif message.startswith("42"):
-                event, payload = json.loads(message[2:])
+            elif str(message).startswith("42"):
+                event, payload = json.loads(str(message)[2:])
                 sink.append((event, driver_id, payload, time.time()))
 
 
 async def _run(spec: FeedSpec, ready_q: Any, stop_ev: Any, out_q: Any) -> None:
     sink: list[Received] = []
-    stop = asyncio.Event()
     readies = [asyncio.Event() for _ in spec.drivers]
     tasks = []
     for (driver_id, token), ready in zip(spec.drivers, readies, strict=True):
-        tasks.append(asyncio.create_task(_feed(spec.url, driver_id, token, sink, ready, stop)))
+        tasks.append(asyncio.create_task(_feed(spec.url, driver_id, token, sink, ready)))
         if len(tasks) % 50 == 0:
             await asyncio.sleep(0.05)  # do not stampede the gateway's accept queue
     await asyncio.gather(*(r.wait() for r in readies))
     ready_q.put(len(readies))
     while not stop_ev.is_set():
-        await asyncio.sleep(0.1)
-    stop.set()
+        await asyncio.sleep(0.2)
+    for task in tasks:
+        task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     out_q.put(sink)
 

@@ -14,6 +14,9 @@ def main() -> None:
         host="0.0.0.0",
         port=settings.realtime_port,
         ws="wsproto",
+        # permessage-deflate keeps a zlib state of ~256 KiB per connection; the events are
+        # small JSON, so compression saves little and costs most of the gateway's memory.
+        ws_per_message_deflate=False,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=5,
