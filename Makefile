@@ -40,4 +40,6 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
 bench: install
+	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } \
+		|| echo "h2load (Debian package nghttp2-client) missing: the push floor is not measured"
 	$(BIN)/python -m bench.run $(BENCH)
