@@ -7,21 +7,22 @@ import os
 import signal
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import psycopg2
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from fake_apns import Behaviour, FakeAPNs
-from models.db import session_scope
+from models.db import session_scope, utcnow
 from models.devices import DeviceToken
-from models.jobs import Offer
+from models.jobs import Job, Offer
 from settings import settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_workers, wait_until
+from workers.celery_app import app as celery_app
 from workers.enqueue import enqueue
 
 pytestmark = pytest.mark.slow
@@ -277,3 +278,30 @@ def test_slow_or_down_apns_does_not_hold_back_job_new(
     fake_apns.down()
     factory.job(customer)
     tap.wait_for("job:new", count=3, timeout_s=5)
+
+
+def test_expired_jobs_leave_every_feed_and_the_customer_is_told(
+    worker, tap, factory: Factory, fake_apns: FakeAPNs
+) -> None:
+    customer = factory.customer()
+    driver = factory.driver()
+    customer_phone = factory.device(customer)
+    job = factory.job(customer)
+    tap.wait_for("job:new")
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job["id"])
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    celery_app.send_task("workers.tasks.expire_jobs")  # what beat sends every few seconds
+
+    [(rooms, removed)] = tap.wait_for("job:removed")
+    assert (rooms, removed) == (f"driver:{driver.id}", {"job_id": job["id"], "reason": "expired"})
+    [(status_rooms, status)] = tap.wait_for("job:status")
+    assert status_rooms == f"customer:{customer.id}" and status["status"] == "expired"
+    wait_until(lambda: fake_apns.received(customer_phone), 20, "the customer's push")
+    [push] = fake_apns.received(customer_phone)
+    assert push.payload["aps"]["alert"]["title"] == "No driver found"
+    assert (push.payload["type"], push.payload["job_id"]) == ("job:expired", job["id"])
+    assert push.headers["apns-push-type"] == "alert" and "apns-priority" not in push.headers
