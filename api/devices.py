@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, jsonify
 
 from api.bearer import signed_in
 from api.openapi import EndpointDoc, documented
-from api.schemas import DeviceAnswer, DeviceBody
+from api.schemas import DEVICE_TOKEN_PATTERN, DeviceAnswer, DeviceBody
 from api.validation import validated_body
 from models.db import session_scope
 from models.devices import Environment, register_device, remove_device
+from models.errors import NotFound
 from models.schemas import as_json
 
 bp = Blueprint("devices", __name__, url_prefix="/devices")
@@ -48,5 +51,8 @@ def register() -> tuple[Response, int]:
 )
 def remove(token: str) -> tuple[str, int]:
     with session_scope() as session:
-        remove_device(session, signed_in(session), token)
+        user = signed_in(session)
+        if not re.fullmatch(DEVICE_TOKEN_PATTERN, token):  # never registered; and NUL breaks SQL
+            raise NotFound("No such device token on your account.")
+        remove_device(session, user, token)
     return "", 204

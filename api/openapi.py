@@ -22,6 +22,9 @@ from api.schemas import ErrorBody
 F = TypeVar("F", bound=Callable[..., Any])
 
 REF = "#/components/schemas/{model}"
+# A URL rule's variables, `<name>` or `<converter(args):name>`, and the JSON type of each.
+RULE_VARIABLE = re.compile(r"<(?:([^:<>()]+)(?:\([^<>]*\))?:)?([^<>]+)>")
+PARAM_TYPES = {"int": "integer", "float": "number"}
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,16 @@ def _models(app: Flask) -> list[type[BaseModel]]:
     return list(seen.values())
 
 
-def _operation(doc: EndpointDoc, schemas: dict[Any, Any], path_params: list[str]) -> dict:
+def _operation(doc: EndpointDoc, schemas: dict[Any, Any], rule: str) -> dict:
     op: dict[str, Any] = {"summary": doc.summary, "responses": {}}
     params: list[dict[str, Any]] = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in path_params
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": PARAM_TYPES.get(converter, "string")},
+        }
+        for converter, name in RULE_VARIABLE.findall(rule)
     ]
     if doc.query is not None:
         for name, prop in doc.query.model_json_schema()["properties"].items():
@@ -117,11 +125,9 @@ def openapi_document(app: Flask) -> dict[str, Any]:
         doc: EndpointDoc | None = getattr(app.view_functions[rule.endpoint], "__openapi__", None)
         if doc is None:
             continue
-        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        path = RULE_VARIABLE.sub(r"{\2}", rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(
-                doc, schemas, list(rule.arguments)
-            )
+            paths.setdefault(path, {})[method.lower()] = _operation(doc, schemas, rule.rule)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Dispatch API", "version": "1.0.0"},

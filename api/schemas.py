@@ -15,7 +15,8 @@ Email = Annotated[
 Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
 # APNs device tokens are hex; today 32 bytes, but Apple says not to rely on the length.
-DeviceTokenHex = Annotated[str, StringConstraints(pattern=r"^(?:[0-9a-fA-F]{2}){8,100}$")]
+DEVICE_TOKEN_PATTERN = r"^(?:[0-9a-fA-F]{2}){8,100}$"
+DeviceTokenHex = Annotated[str, StringConstraints(pattern=DEVICE_TOKEN_PATTERN)]
 
 
 class RegisterBody(StrictModel):
