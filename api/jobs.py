@@ -109,8 +109,9 @@ def list_jobs() -> Response:
 )
 def accept(job_id: int) -> tuple[Response, int]:
     with session_scope() as session:
-        job = accept_job(session, signed_in(session, "driver"), job_id)
-        enqueue_after_commit(session, "notify_accepted", job.id)
+        job, won = accept_job(session, signed_in(session, "driver"), job_id)
+        if won:
+            enqueue_after_commit(session, "notify_accepted", job.id)
         view = JobView.of(job)
     return _job(view)
 

@@ -202,8 +202,9 @@ def _was_offered(session: Session, job_id: int, driver_id: int) -> bool:
     return found is not None
 
 
-def accept_job(session: Session, driver: User, job_id: int) -> Job:
-    """Give the job to `driver` if it is still pending and was offered to them.
+def accept_job(session: Session, driver: User, job_id: int) -> tuple[Job, bool]:
+    """Give the job to `driver` if it is still pending and was offered to them. Returns
+    (job, won now): a retried accept by the winner gets the job again, but won is False.
 
     The driver is claimed first (one job at a time), then the job by a conditional UPDATE;
     a loser's transaction rolls back both."""
@@ -216,7 +217,7 @@ def accept_job(session: Session, driver: User, job_id: int) -> Job:
     if job is None:
         raise NotFound("No such job.")
     if job.status == JobStatus.accepted and job.driver_id == driver.id:
-        return job  # a retried accept by the winner
+        return job, False
     now = utcnow()
     claimed = session.execute(
         update(DriverProfile)
@@ -242,7 +243,7 @@ def accept_job(session: Session, driver: User, job_id: int) -> Job:
         ("driver", driver),
     ):
         set_committed_value(job, name, value)
-    return job
+    return job, True
 
 
 def cancel_job(session: Session, customer: User, job_id: int) -> Job:

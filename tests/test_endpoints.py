@@ -13,6 +13,7 @@ from models.devices import DeviceToken
 from models.jobs import Job
 from models.positions import drivers_near
 from tests.factories import ORIGIN, PASSWORD, Factory
+from tests.queues import queued_tasks
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -241,3 +242,17 @@ def test_openapi_describes_every_endpoint(client: FlaskClient, app) -> None:
     assert page.status_code == 200 and page.mimetype == "text/html"
     for path in document["paths"]:
         assert path in page.get_data(as_text=True)
+
+
+def test_a_retried_accept_by_the_winner_announces_nothing_again(
+    client: FlaskClient, factory: Factory
+) -> None:
+    customer = factory.customer()
+    driver = factory.driver()
+    job = factory.job(customer)
+    factory.offer(job["id"])
+    first = client.post(f"/api/v1/jobs/{job['id']}/accept", headers=driver.headers)
+    again = client.post(f"/api/v1/jobs/{job['id']}/accept", headers=driver.headers)
+    assert (first.status_code, again.status_code) == (200, 200) and again.json == first.json
+    announced = [t for t in queued_tasks() if t["task"] == "workers.tasks.notify_accepted"]
+    assert announced == [{"task": "workers.tasks.notify_accepted", "args": [job["id"]]}]
