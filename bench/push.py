@@ -1,7 +1,15 @@
-"""Push throughput: pushes per second one process delivers to the fake APNs over HTTP/2 for a
-fan-out of 5,000 tokens, through `workers.apns.send_pushes` as the push worker calls it.
-Floor: h2load (Debian package nghttp2-client) sending the same request to the same server.
-The fake server runs in its own process, so it never shares a GIL with the sender."""
+"""Push throughput: pushes per second ONE process delivers to the fake APNs over HTTP/2 for a
+fan-out of 5,000 tokens, through `workers.apns.send_pushes` as the push worker calls it (its
+aioapns pool, its bound of pushes in flight, its shared provider token).
+
+Floor: h2load (Debian package nghttp2-client) sending the same requests to the same server:
+5,000 distinct device paths, the headers send_pushes sends (a bearer JWT signed with the fake
+key, topic, push type, priority, collapse id, expiration, an apns-id) and the same JSON body,
+on one connection with as many streams in flight as send_pushes allows (MAX_IN_FLIGHT).
+
+The fake server runs in its own process, so it never shares a GIL with the sender; it forgets
+what it received before each run, so every run meets the same server. Sender and h2load runs
+alternate, RUNS of each; the figures are medians."""
 
 from __future__ import annotations
 
@@ -9,121 +17,217 @@ import json
 import multiprocessing
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 
 from fake_apns import FakeAPNs, make_credentials
+from fake_apns.certs import Credentials
 from settings import settings
-from workers.apns import Push, send_pushes
+from workers.apns import MAX_IN_FLIGHT, Outcome, Push, send_pushes, shutdown
 
 FAN_OUT = 5_000
-IN_FLIGHT = 100
+WARM_UP = 500
+RUNS = 3
+SEND_TIMEOUT_S = 60.0
+H2LOAD_TIMEOUT_S = 60.0
+JOB_ID = 4242
+EXPIRES_AT = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=10)
 
 
-def _serve(directory: str, ports: Any, stop: Any) -> None:
+# --- the fake APNs, in a process of its own ---------------------------------------------------
+
+
+def _serve(directory: str, ports: Any, commands: Any) -> None:
+    """Serve until told to stop; `clear` forgets what was received so far."""
     server = FakeAPNs(make_credentials(Path(directory), reuse=True)).start()
-    ports.put(server.port)
-    stop.wait()
-    server.stop()
+    try:
+        ports.put(server.port)
+        while (command := commands.get()) != "stop":
+            if command == "clear":
+                server.clear()
+                ports.put("cleared")
+    finally:
+        server.stop()
+
+
+class _Server:
+    def __init__(self, directory: Path) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.replies, self.commands = context.Queue(), context.Queue()
+        self.process = context.Process(
+            target=_serve, args=(str(directory), self.replies, self.commands), daemon=True
+        )
+        self.process.start()
+        self.port: int = self.replies.get(timeout=30)
+
+    def clear(self) -> None:
+        self.commands.put("clear")
+        if self.replies.get(timeout=30) != "cleared":
+            raise RuntimeError("the fake APNs did not clear")
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.commands.put("stop")
+            self.process.join(15)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
+
+# --- the two senders -----------------------------------------------------------------------
+
+
+def _token(n: int) -> str:
+    return f"{n:064x}"
 
 
 def _push(n: int) -> Push:
+    """A job offer as workers.notifications builds it (the contract's job-offered push)."""
     return Push(
-        token=f"{n:064x}",
+        token=_token(n),
         environment="production",
         title="New job nearby",
-        body="1.2 km from you",
-        data={"type": "job:new", "job_id": 1},
-        collapse_id="job-1",
+        body="1.2 km from you · 12 Market Street",
+        data={"type": "job:new", "job_id": JOB_ID},
+        priority=10,
+        collapse_id=f"job-{JOB_ID}",
+        expiration=EXPIRES_AT,
     )
 
 
-def _h2load(port: int, directory: Path) -> float | None:
-    if shutil.which("h2load") is None:
-        print("h2load not found: apt-get install nghttp2-client", file=sys.stderr)
-        return None
-    credentials = make_credentials(directory, reuse=True)
-    token = jwt.encode(
+def _send(first: int, count: int) -> tuple[float, int]:
+    """Seconds for one send_pushes call of `count` distinct tokens, and how many delivered."""
+    pushes = [_push(n) for n in range(first, first + count)]
+    started = time.perf_counter()
+    results = send_pushes(pushes, timeout_s=SEND_TIMEOUT_S)
+    elapsed = time.perf_counter() - started
+    delivered = sum(1 for r in results if r.outcome is Outcome.delivered)
+    if delivered != count:
+        failures = Counter(f"{r.status} {r.reason}" for r in results if r.status != 200)
+        print(f"{count - delivered} of {count} not delivered: {dict(failures)}", file=sys.stderr)
+    return elapsed, delivered
+
+
+def _h2load_files(credentials: Credentials, port: int, directory: Path) -> list[str]:
+    """The h2load command line and its input files: the same requests send_pushes makes."""
+    provider_token = jwt.encode(
         {"iss": credentials.team_id, "iat": int(time.time())},
         credentials.signing_key_file.read_text(),
         algorithm="ES256",
         headers={"kid": credentials.key_id},
     )
+    push = _push(0)
     body = directory / "body.json"
-    body.write_text(json.dumps(_push(1).payload(), separators=(",", ":")))
-    done = subprocess.run(
-        [
-            "h2load",
-            "-n",
-            str(FAN_OUT),
-            "-c",
-            "1",
-            "-m",
-            str(IN_FLIGHT),
-            "-d",
-            str(body),
-            "-H",
-            f"authorization: bearer {token}",
-            "-H",
-            f"apns-topic: {credentials.topic}",
-            "-H",
-            "apns-push-type: alert",
-            "-H",
-            "apns-priority: 10",
-            "-H",
-            "apns-collapse-id: job-1",
-            f"https://127.0.0.1:{port}/3/device/{'ab' * 32}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+    body.write_bytes(json.dumps(push.payload(), ensure_ascii=False, separators=(",", ":")).encode())
+    uris = directory / "uris.txt"
+    uris.write_text(
+        "".join(f"https://127.0.0.1:{port}/3/device/{_token(n)}\n" for n in range(FAN_OUT))
     )
-    match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", done.stdout)
-    if match is None or f"{FAN_OUT} succeeded" not in done.stdout:
-        print(done.stdout, file=sys.stderr)
+    headers = {
+        "apns-id": str(uuid.uuid4()),
+        "apns-topic": credentials.topic,
+        "apns-push-type": push.push_type,
+        "apns-priority": str(push.priority),
+        "apns-collapse-id": str(push.collapse_id),
+        "apns-expiration": str(int(EXPIRES_AT.timestamp())),
+        "authorization": f"bearer {provider_token}",
+    }
+    argv = ["h2load", "-n", str(FAN_OUT), "-c", "1", "-m", str(MAX_IN_FLIGHT)]
+    argv += ["-d", str(body), "-i", str(uris)]
+    for name, value in headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    return argv
+
+
+def _h2load(argv: list[str]) -> float | None:
+    """Requests per second of one h2load run, or None (and why, on stderr)."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=H2LOAD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print(f"h2load did not finish in {H2LOAD_TIMEOUT_S:.0f} s", file=sys.stderr)
         return None
-    return float(match.group(1))
+    rate = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", done.stdout)
+    answered = re.search(r"status codes: (\d+) 2xx", done.stdout)
+    if done.returncode != 0 or rate is None or answered is None or int(answered[1]) != FAN_OUT:
+        print(f"h2load failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return float(rate[1])
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+
+def _configure(credentials: Credentials, port: int) -> None:
+    """This process's settings point send_pushes at the fake server (the worker reads the
+    same values from APNS_* environment variables)."""
+    for name, value in credentials.environment(port).items():
+        field = name.lower()
+        setattr(settings, field, int(value) if field == "apns_port" else value)
+
+
+def _measure(server: _Server, directory: Path) -> dict[str, Any]:
+    credentials = make_credentials(directory, reuse=True)
+    _configure(credentials, server.port)
+    h2load_argv = _h2load_files(credentials, server.port, directory) if _has_h2load() else None
+    _send(10 * FAN_OUT, WARM_UP)  # connect, sign the provider token, warm up
+    rates: list[float] = []
+    floors: list[float | None] = []
+    for run in range(RUNS):
+        server.clear()
+        elapsed, delivered = _send(run * FAN_OUT, FAN_OUT)
+        if delivered != FAN_OUT:
+            raise RuntimeError("not every push was delivered: the rate would mean nothing")
+        rates.append(FAN_OUT / elapsed)
+        if h2load_argv is not None:
+            server.clear()
+            floors.append(_h2load(h2load_argv))
+    print(
+        f"send_pushes per s: {[round(r) for r in rates]};"
+        f" h2load req/s: {[round(f) if f else None for f in floors]}",
+        file=sys.stderr,
+    )
+    per_s = statistics.median(rates)
+    measured = [f for f in floors if f is not None]
+    floor = statistics.median(measured) if measured and len(measured) == len(floors) else None
+    return {
+        "per_s": round(per_s, 1),
+        "floor_per_s": round(floor, 1) if floor else None,
+        "ratio": round(per_s / floor, 2) if floor else None,
+    }
+
+
+def _has_h2load() -> bool:
+    if shutil.which("h2load") is None:
+        print(
+            "h2load not found (Debian package nghttp2-client): floor_per_s is null",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def main() -> None:
-    directory = Path(tempfile.mkdtemp())
-    context = multiprocessing.get_context("spawn")
-    ports, stop = context.Queue(), context.Event()
-    server = context.Process(target=_serve, args=(str(directory), ports, stop))
-    server.start()
+    directory = Path(tempfile.mkdtemp(prefix="bench-push-"))
+    server: _Server | None = None
     try:
-        port = ports.get(timeout=30)
-        credentials = make_credentials(directory, reuse=True)
-        for name, value in credentials.environment(port).items():
-            field = name.lower()
-            setattr(settings, field, int(value) if field == "apns_port" else value)
-        send_pushes([_push(n) for n in range(200)], timeout_s=60)  # connect, sign, warm up
-        start = time.perf_counter()
-        results = send_pushes([_push(n) for n in range(FAN_OUT)], timeout_s=120)
-        elapsed = time.perf_counter() - start
-        delivered = sum(1 for r in results if r.outcome.value == "delivered")
-        floor = _h2load(port, directory)
+        server = _Server(directory)
+        figures = _measure(server, directory)
     finally:
-        stop.set()
-        server.join(30)
-    per_s = delivered / elapsed
-    print(
-        json.dumps(
-            {
-                "per_s": round(per_s, 1),
-                "floor_per_s": round(floor, 1) if floor else None,
-                "ratio": round(per_s / floor, 2) if floor else None,
-                "delivered": delivered,
-            }
-        )
-    )
+        shutdown()
+        if server is not None:
+            server.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
