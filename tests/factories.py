@@ -14,6 +14,19 @@ from models.jobs import Job
 from models.offers import offer_job
 
 _serial = itertools.count(1)
+# The contract's Job fields, in the order the API answers them.
+JOB_FIELDS = (
+    "id",
+    "status",
+    "pickup",
+    "dropoff",
+    "notes",
+    "customer",
+    "driver",
+    "created_at",
+    "accepted_at",
+    "expires_at",
+)
 PASSWORD = "correct horse battery"
 
 # A point in Lisbon and points at known great-circle distances north of it (1° lat ≈ 111.2 km).

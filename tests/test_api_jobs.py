@@ -13,23 +13,12 @@ from werkzeug.test import TestResponse
 from models.accounts import DriverProfile
 from models.db import session_scope, utcnow
 from models.jobs import Job
-from tests.factories import ORIGIN, Account, Factory
+from tests.factories import JOB_FIELDS, ORIGIN, Account, Factory
 from tests.queues import queued_tasks
 from tests.test_api_auth import API, UTC_Z, assert_error, db_rows
 
 JOBS = f"{API}/jobs"
-JOB_KEYS = [
-    "id",
-    "status",
-    "pickup",
-    "dropoff",
-    "notes",
-    "customer",
-    "driver",
-    "created_at",
-    "accepted_at",
-    "expires_at",
-]
+JOB_KEYS = list(JOB_FIELDS)
 OFFER_TTL = timedelta(minutes=10)  # the contract's default
 
 

@@ -12,7 +12,7 @@ from models.db import redis_connection, session_scope, utcnow
 from models.devices import DeviceToken
 from models.jobs import Job
 from models.positions import drivers_near
-from tests.factories import ORIGIN, PASSWORD, Factory
+from tests.factories import JOB_FIELDS, ORIGIN, PASSWORD, Factory
 from tests.queues import queued_tasks
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -113,18 +113,7 @@ def test_job_shape_reads_and_lists(client: FlaskClient, factory: Factory) -> Non
     created = client.post("/api/v1/jobs", json=body, headers=customer.headers)
     assert created.status_code == 201
     job = created.json
-    assert list(job) == [
-        "id",
-        "status",
-        "pickup",
-        "dropoff",
-        "notes",
-        "customer",
-        "driver",
-        "created_at",
-        "accepted_at",
-        "expires_at",
-    ]
+    assert list(job) == list(JOB_FIELDS)
     assert job["status"] == "pending" and job["driver"] is None and job["accepted_at"] is None
     assert job["pickup"] == {"lat": 38.7, "lng": -9.1, "address": "Rua Augusta 1"}
     assert job["dropoff"] == {"lat": 38.75, "lng": -9.15, "address": None}

@@ -11,22 +11,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.factories import JOB_FIELDS
 from tests.test_api_auth import API
 
 HIDDEN = {f"{API}/openapi.json", f"{API}/docs"}  # the document and its page
 SCHEMA_REF = re.compile(r"^#/components/schemas/[^/]+$")
-JOB_KEYS = {
-    "id",
-    "status",
-    "pickup",
-    "dropoff",
-    "notes",
-    "customer",
-    "driver",
-    "created_at",
-    "accepted_at",
-    "expires_at",
-}
+JOB_KEYS = set(JOB_FIELDS)
 # The contract's table: (method, path) -> (its success statuses, error codes it names).
 CONTRACT = {
     ("post", "/auth/register"): ({"201"}, {"409", "422"}),
