@@ -11,7 +11,7 @@ broker_transport_options = {
     "global_keyprefix": f"{settings.redis_prefix}:celery:",
     "socket_connect_timeout": settings.broker_publish_timeout_s,
     # A publisher whose broker is down fails within about a second instead of retrying
-    # for many: the web request must not hang (beat re-dispatches what was not published).
+    # for many: the web request must not hang (beat's sweep re-drives what was not published).
     "max_retries": 1,
     "interval_start": 0,
     "interval_step": 0.2,
@@ -46,9 +46,9 @@ task_routes = {
 }
 
 beat_schedule = {
-    "redispatch-undispatched-jobs": {
-        "task": "workers.tasks.redispatch_undispatched",
-        "schedule": max(1.0, settings.redispatch_after_s / 2),
+    "relay-overdue-events": {
+        "task": "workers.tasks.relay_events",
+        "schedule": max(1.0, settings.relay_after_s / 2),
     },
     "expire-due-jobs": {"task": "workers.tasks.expire_jobs", "schedule": 5.0},
 }

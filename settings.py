@@ -26,7 +26,8 @@ class Settings(BaseSettings):
     dispatch_radius_km: float = Field(default=30.0, gt=0, validation_alias="DISPATCH_RADIUS_KM")
     job_offer_ttl_s: int = Field(default=600, gt=0, validation_alias="JOB_OFFER_TTL_S")
     location_stale_s: int = Field(default=120, gt=0, validation_alias="LOCATION_STALE_S")
-    redispatch_after_s: int = Field(default=5, gt=0, validation_alias="REDISPATCH_AFTER_S")
+    # An event not announced this long after its change is re-driven by the sweep.
+    relay_after_s: float = Field(default=3, gt=0, validation_alias="RELAY_AFTER_S")
     auto_approve_drivers: bool = Field(default=False, validation_alias="AUTO_APPROVE_DRIVERS")
     idempotency_window_s: int = Field(
         default=24 * 3600, gt=0, validation_alias="IDEMPOTENCY_WINDOW_S"

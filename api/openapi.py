@@ -31,6 +31,7 @@ PARAM_TYPES = {"int": "integer", "float": "number"}
 class EndpointDoc:
     summary: str
     body: type[BaseModel] | None = None
+    body_required: bool = True
     query: type[BaseModel] | None = None
     answers: dict[int, type[BaseModel] | None] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
@@ -86,7 +87,7 @@ def _operation(doc: EndpointDoc, schemas: dict[Any, Any], rule: str) -> dict:
         op["parameters"] = params
     if doc.body is not None:
         op["requestBody"] = {
-            "required": True,
+            "required": doc.body_required,
             "content": {"application/json": {"schema": schemas[(doc.body, "validation")]}},
         }
     for status, model in doc.answers.items():

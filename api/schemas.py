@@ -6,7 +6,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from models.schemas import Coordinates, JobView, OfferView, PlaceIn, StrictModel, UserView
+from models.jobs import JobStatus
+from models.schemas import (
+    Coordinates,
+    JobEventView,
+    JobView,
+    OfferView,
+    PlaceIn,
+    StrictModel,
+    UserView,
+)
 
 Email = Annotated[
     str,
@@ -51,9 +60,19 @@ class JobCreateBody(StrictModel):
     notes: str | None = Field(default=None, max_length=2000)
 
 
+class CancelBody(StrictModel):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+JobStatusName = Literal[
+    "pending", "accepted", "arrived", "in_progress", "completed", "cancelled", "expired"
+]
+assert set(JobStatusName.__args__) == {s.value for s in JobStatus}  # type: ignore[attr-defined]
+
+
 class JobsQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    status: Literal["pending", "accepted", "cancelled", "expired"] | None = None
+    status: JobStatusName | None = None
 
 
 class AuthAnswer(BaseModel):
@@ -78,6 +97,18 @@ class OffersAnswer(BaseModel):
 
 class JobsAnswer(BaseModel):
     jobs: list[JobView]
+
+
+class JobEventsAnswer(BaseModel):
+    events: list[JobEventView]
+
+
+class DriverAnswer(BaseModel):
+    id: int
+    name: str
+    online: bool
+    approved: bool
+    current_job: JobView | None
 
 
 class HealthAnswer(BaseModel):

@@ -30,3 +30,10 @@ def validated_query(model: type[M]) -> M:
         return model.model_validate(request.args.to_dict())
     except ValidationError as exc:
         raise RequestInvalid(field_reasons(exc)) from exc
+
+
+def optional_body(model: type[M]) -> M:
+    """Like `validated_body`, but an empty body stands for `{}` (every field optional)."""
+    if not request.get_data(cache=True).strip():
+        return model()
+    return validated_body(model)

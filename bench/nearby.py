@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bench.data import add_users, summary_ms
 from models.db import redis_connection, session_scope
-from models.positions import _geo_key, _seen_key, eligible_drivers
+from models.positions import eligible_drivers, geo_key, seen_key
 from settings import settings
 
 DRIVERS = 100_000
@@ -25,8 +25,8 @@ def _place_drivers(driver_ids: list[int], rng: random.Random) -> None:
     pipe = r.pipeline(transaction=False)
     for driver_id in driver_ids:
         lat, lng = rng.uniform(BOX[0], BOX[1]), rng.uniform(BOX[2], BOX[3])
-        pipe.geoadd(_geo_key(), (lng, lat, str(driver_id)))
-        pipe.zadd(_seen_key(), {str(driver_id): now})
+        pipe.geoadd(geo_key(), (lng, lat, str(driver_id)))
+        pipe.zadd(seen_key(), {str(driver_id): now})
         if len(pipe) >= 10_000:
             pipe.execute()
     pipe.execute()
@@ -55,7 +55,7 @@ def main() -> None:
     def bare(lat: float, lng: float) -> int:
         return len(
             r.geosearch(
-                _geo_key(),
+                geo_key(),
                 longitude=lng,
                 latitude=lat,
                 radius=settings.dispatch_radius_km,

@@ -9,12 +9,13 @@ from sqlalchemy.orm import Session
 
 from models.accounts import DriverProfile, User
 from models.errors import Forbidden
-from models.positions import forget_position, record_position
+from models.positions import forget_position
+from models.tracking import LocationUpdate, record_position
 
 log = logging.getLogger(__name__)
 
 
-def _profile(driver: User) -> DriverProfile:
+def driver_profile(driver: User) -> DriverProfile:
     if not driver.is_driver or driver.driver_profile is None:
         raise Forbidden("Only a driver can do this.")
     return driver.driver_profile
@@ -23,7 +24,7 @@ def _profile(driver: User) -> DriverProfile:
 def set_availability(session: Session, r: redis.Redis, driver: User, online: bool) -> bool:
     """Go online or offline. Offline drops the position so the index holds only the
     drivers who may get work; going online needs a fresh position to be offered jobs."""
-    profile = _profile(driver)
+    profile = driver_profile(driver)
     profile.online = online
     session.flush()
     if not online:
@@ -36,6 +37,7 @@ def set_availability(session: Session, r: redis.Redis, driver: User, online: boo
     return profile.online
 
 
-def report_location(r: redis.Redis, driver: User, lat: float, lng: float) -> None:
-    _profile(driver)
-    record_position(r, driver.id, lat, lng)
+def report_location(r: redis.Redis, driver: User, lat: float, lng: float) -> LocationUpdate | None:
+    """Store the position; returns the `job:driver_location` their customer is due, if any."""
+    driver_profile(driver)
+    return record_position(r, driver.id, lat, lng)

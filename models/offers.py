@@ -1,4 +1,4 @@
-"""Offers: recording who a job went to, and each driver's live feed."""
+"""Offers: recording who a job went to in each round, and each driver's live feed."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from sqlalchemy.orm import Session, lazyload
 from models.accounts import User
 from models.db import utcnow
 from models.errors import Forbidden
+from models.job_events import EventType, JobEvent, record_event
 from models.jobs import Job, JobStatus, Offer
 from models.positions import Candidate, eligible_drivers
 
 
 def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[int]:
-    """Insert one offer per candidate, skipping drivers this job was already offered to
-    (a retried or redelivered task). Returns the drivers offered it now."""
+    """Offer the job's current round to the candidates: a new row for a driver never
+    offered it, the row moved to this round for one offered in an earlier round, nothing
+    for one offered in this round already (a retried task) or whose offer is closed
+    (declined, released). Returns the drivers offered it now."""
     if not candidates:
         return []
     now = utcnow()
@@ -28,22 +31,40 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
             "driver_id": c.driver_id,
             "distance_km": c.distance_km,
             "offered_at": now,
+            "round": job.offer_round,
         }
         for c in candidates
     ]
-    dialect = session.get_bind().dialect.name
-    stmt = (
-        postgresql.insert(Offer) if dialect == "postgresql" else sqlite.insert(Offer)
-    ).on_conflict_do_nothing(index_elements=["job_id", "driver_id"])
+    insert = (
+        postgresql.insert(Offer)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite.insert(Offer)
+    )
+    stmt = insert.on_conflict_do_update(
+        index_elements=["job_id", "driver_id"],
+        set_={
+            "round": insert.excluded.round,
+            "distance_km": insert.excluded.distance_km,
+            "offered_at": insert.excluded.offered_at,
+            "notified_at": None,
+        },
+        where=(Offer.round < insert.excluded.round) & Offer.closed_at.is_(None),
+    )
     return list(session.scalars(stmt.returning(Offer.driver_id), rows))
 
 
-def offered_driver_ids(session: Session, job_id: int) -> list[int]:
-    return list(session.scalars(select(Offer.driver_id).where(Offer.job_id == job_id)))
+def round_driver_ids(session: Session, job: Job) -> list[int]:
+    """The drivers offered the job in its current round."""
+    return list(
+        session.scalars(
+            select(Offer.driver_id).where(Offer.job_id == job.id, Offer.round == job.offer_round)
+        )
+    )
 
 
 def driver_feed(session: Session, driver: User) -> list[Offer]:
-    """The pending, unexpired jobs offered to this driver, newest first."""
+    """The pending, unexpired jobs offered to this driver in their current round and not
+    declined, newest first."""
     if not driver.is_driver:
         raise Forbidden("Only a driver has an offers feed.")
     return list(
@@ -52,6 +73,8 @@ def driver_feed(session: Session, driver: User) -> list[Offer]:
             .join(Job, Job.id == Offer.job_id)
             .where(
                 Offer.driver_id == driver.id,
+                Offer.round == Job.offer_round,
+                Offer.closed_at.is_(None),
                 Job.status == JobStatus.pending.value,
                 Job.expires_at > utcnow(),
             )
@@ -60,21 +83,43 @@ def driver_feed(session: Session, driver: User) -> list[Offer]:
     )
 
 
-def offer_job(session: Session, r: redis.Redis, job: Job) -> list[int]:
-    """Offer a pending job to every eligible driver it was not offered to yet."""
+def offer_round(session: Session, r: redis.Redis, job: Job) -> JobEvent | None:
+    """Offer a pending job's current round to every eligible driver not offered it yet.
+    Returns the `offered` event naming them, or None if nobody new was offered it.
+    The caller holds the job row under a share lock, so no step changes it meanwhile."""
     if job.status != JobStatus.pending or job.expires_at <= utcnow():
-        return []
-    return record_offers(session, job, eligible_drivers(session, r, job.pickup_lat, job.pickup_lng))
+        return None
+    drivers = record_offers(
+        session, job, eligible_drivers(session, r, job.pickup_lat, job.pickup_lng)
+    )
+    if not drivers:
+        return None
+    return record_event(
+        session,
+        job.id,
+        EventType.offered,
+        None,
+        utcnow(),
+        round=job.offer_round,
+        count=len(drivers),
+        drivers=sorted(drivers),
+    )
 
 
-def unnotified_offers(session: Session, job_id: int) -> list[Offer]:
-    """Offers whose driver was not yet sent `job:new`: all of them on a first run, the
-    rest after a worker died half-way. Their job is the caller's, already in the session."""
+def unnotified_offers(session: Session, job: Job, driver_ids: Sequence[int]) -> list[Offer]:
+    """Offers of the job's current round among `driver_ids` not yet sent `job:new`: all of
+    them on a first run, the rest after a worker died half-way. Open ones only."""
     return list(
         session.scalars(
             select(Offer)
             .options(lazyload(Offer.job))
-            .where(Offer.job_id == job_id, Offer.notified_at.is_(None))
+            .where(
+                Offer.job_id == job.id,
+                Offer.round == job.offer_round,
+                Offer.driver_id.in_(list(driver_ids)),
+                Offer.notified_at.is_(None),
+                Offer.closed_at.is_(None),
+            )
             .order_by(Offer.distance_km)
         )
     )
@@ -93,3 +138,17 @@ def mark_notified(session: Session, offer_ids: list[int]) -> None:
 def distance_by_driver(session: Session, job_id: int) -> dict[int, float]:
     rows = session.execute(select(Offer.driver_id, Offer.distance_km).where(Offer.job_id == job_id))
     return {row.driver_id: row.distance_km for row in rows}
+
+
+def open_offer_driver_ids(session: Session, job: Job, driver_ids: Sequence[int]) -> list[int]:
+    """Those of `driver_ids` whose offer of the job is open in its current round."""
+    return list(
+        session.scalars(
+            select(Offer.driver_id).where(
+                Offer.job_id == job.id,
+                Offer.round == job.offer_round,
+                Offer.closed_at.is_(None),
+                Offer.driver_id.in_(list(driver_ids)),
+            )
+        )
+    )

@@ -49,30 +49,24 @@ class Candidate:
     distance_km: float
 
 
-def _geo_key() -> str:
+def geo_key() -> str:
     return settings.redis_key("drivers", "geo")
 
 
-def _seen_key() -> str:
+def seen_key() -> str:
     return settings.redis_key("drivers", "seen")
 
 
-def _indexable_lat(lat: float) -> float:
+def indexable_lat(lat: float) -> float:
     return max(-GEO_MAX_LAT, min(GEO_MAX_LAT, lat))
 
 
-def record_position(r: redis.Redis, driver_id: int, lat: float, lng: float) -> None:
-    """Store a driver's position and the time it was reported, atomically."""
-    pipe = r.pipeline(transaction=True)
-    pipe.geoadd(_geo_key(), (lng, _indexable_lat(lat), str(driver_id)))
-    pipe.zadd(_seen_key(), {str(driver_id): time.time()})
-    pipe.execute()
-
-
 def forget_position(r: redis.Redis, driver_id: int) -> None:
+    """Take the driver out of the geo index (their last exact position stays, for the
+    customer of a job they are on)."""
     pipe = r.pipeline(transaction=True)
-    pipe.zrem(_geo_key(), str(driver_id))
-    pipe.zrem(_seen_key(), str(driver_id))
+    pipe.zrem(geo_key(), str(driver_id))
+    pipe.zrem(seen_key(), str(driver_id))
     pipe.execute()
 
 
@@ -82,14 +76,14 @@ def drivers_near(
     """Drivers whose fresh position lies within `radius_km` of the point, nearest first."""
     since = time.time() - stale_after_s
     flat = r.eval(
-        _NEARBY_SCRIPT, 2, _geo_key(), _seen_key(), lng, _indexable_lat(lat), radius_km, since
+        _NEARBY_SCRIPT, 2, geo_key(), seen_key(), lng, indexable_lat(lat), radius_km, since
     )
     pairs = zip(flat[::2], flat[1::2], strict=True)
     return [Candidate(int(member), float(dist)) for member, dist in pairs]
 
 
 def eligible_drivers(session: Session, r: redis.Redis, lat: float, lng: float) -> list[Candidate]:
-    """The dispatch rule: online, approved, not on an accepted job, and last seen within
+    """The dispatch rule: online, approved, not on a job, and last seen within
     LOCATION_STALE_S at most DISPATCH_RADIUS_KM from the point; nearest first."""
     near = drivers_near(r, lat, lng, settings.dispatch_radius_km, settings.location_stale_s)
     if not near:

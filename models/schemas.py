@@ -18,7 +18,9 @@ from pydantic import (
 )
 
 from models.accounts import User
-from models.jobs import Job, Offer, Place
+from models.job_events import EventType, JobEvent
+from models.jobs import Job, JobStatus, Offer, Place
+from models.tracking import Position
 
 
 def _finite(value: float) -> float:
@@ -27,13 +29,13 @@ def _finite(value: float) -> float:
     return value
 
 
-def _utc_z(value: datetime) -> str:
+def utc_z(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 Latitude = Annotated[float, Field(ge=-90, le=90), AfterValidator(_finite)]
 Longitude = Annotated[float, Field(ge=-180, le=180), AfterValidator(_finite)]
-UTCTime = Annotated[datetime, PlainSerializer(_utc_z, return_type=str)]
+UTCTime = Annotated[datetime, PlainSerializer(utc_z, return_type=str)]
 
 
 class StrictModel(BaseModel):
@@ -84,9 +86,15 @@ class UserView(BaseModel):
         return cls(id=user.id, role=user.role, email=user.email, name=user.name)
 
 
+class DriverLocationView(BaseModel):
+    lat: float
+    lng: float
+    at: UTCTime
+
+
 class JobView(BaseModel):
     id: int
-    status: str = Field(json_schema_extra={"enum": ["pending", "accepted", "cancelled", "expired"]})
+    status: str = Field(json_schema_extra={"enum": [s.value for s in JobStatus]})
     pickup: PlaceView
     dropoff: PlaceView | None
     notes: str | None
@@ -95,9 +103,17 @@ class JobView(BaseModel):
     created_at: UTCTime
     accepted_at: UTCTime | None
     expires_at: UTCTime
+    arrived_at: UTCTime | None
+    started_at: UTCTime | None
+    completed_at: UTCTime | None
+    cancelled_at: UTCTime | None
+    cancelled_by: str | None = Field(json_schema_extra={"enum": ["customer", None]})
+    driver_location: DriverLocationView | None
 
     @classmethod
-    def of(cls, job: Job) -> JobView:
+    def of(cls, job: Job, driver_at: Position | None = None) -> JobView:
+        """The job as clients see it; `driver_at` is the assigned driver's last position,
+        shown only while the driver is working on it (`models.tracking.tracked_positions`)."""
         dropoff = job.dropoff
         return cls(
             id=job.id,
@@ -110,7 +126,21 @@ class JobView(BaseModel):
             created_at=job.created_at,
             accepted_at=job.accepted_at,
             expires_at=job.expires_at,
+            arrived_at=job.arrived_at,
+            started_at=job.started_at,
+            completed_at=job.completed_at,
+            cancelled_at=job.cancelled_at,
+            cancelled_by=job.cancelled_by,
+            driver_location=(
+                DriverLocationView(lat=driver_at.lat, lng=driver_at.lng, at=driver_at.at)
+                if driver_at is not None
+                else None
+            ),
         )
+
+
+def job_views(jobs: list[Job], positions: dict[int, Position]) -> list[JobView]:
+    return [JobView.of(job, positions.get(job.id)) for job in jobs]
 
 
 class OfferView(BaseModel):
@@ -124,6 +154,33 @@ class OfferView(BaseModel):
             job=JobView.of(offer.job),
             distance_km=round(offer.distance_km, 3),
             offered_at=offer.offered_at,
+        )
+
+
+class ActorView(BaseModel):
+    id: int
+    role: str
+
+
+class JobEventView(BaseModel):
+    type: str = Field(json_schema_extra={"enum": [t.value for t in EventType]})
+    at: UTCTime
+    actor: ActorView | None
+    count: int | None = Field(description="How many drivers were offered the job (offered)")
+    reason: str | None = Field(description="The customer's reason (cancelled), if given")
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventView:
+        return cls(
+            type=event.type,
+            at=event.at,
+            actor=(
+                ActorView(id=event.actor_id, role=event.actor_role)
+                if event.actor_id is not None and event.actor_role is not None
+                else None
+            ),
+            count=event.data.get("count") if event.type == EventType.offered else None,
+            reason=event.data.get("reason") if event.type == EventType.cancelled else None,
         )
 
 

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
 from models.errors import Unauthorized
-from models.positions import record_position
 from models.schemas import Coordinates, field_reasons
+from models.tracking import record_position
 from settings import settings
 from workers.events import customer_room, driver_room, socketio_channel
 
@@ -91,7 +91,8 @@ async def disconnect(sid: str, reason: Any = None) -> None:
 
 @sio.on("driver:location")
 async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
-    """The socket twin of PUT /drivers/me/location: same validation, same geo index."""
+    """The socket twin of PUT /drivers/me/location: same validation, same geo index; on a
+    job, the customer gets `job:driver_location` (at most one a second)."""
     session = await sio.get_session(sid)
     if session.get("role") != "driver":
         return _rejection("forbidden", "Only a driver reports a location.")
@@ -100,9 +101,13 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
     except ValidationError as exc:
         return _rejection("validation_error", "The location is not valid.", field_reasons(exc))
     try:
-        await asyncio.to_thread(
+        update = await asyncio.to_thread(
             record_position, redis_connection(), session["user_id"], where.lat, where.lng
         )
+        if update is not None:
+            await sio.emit(
+                "job:driver_location", update.payload, room=customer_room(update.customer_id)
+            )
     except redis.RedisError:
         log.warning("location of driver %s not stored: Redis unavailable", session["user_id"])
         return _rejection(

@@ -19,7 +19,7 @@ os.environ.update(
         "REDIS_PREFIX": f"test-{RUN_ID}",
         "SECRET_KEY": f"test-secret-{RUN_ID}",
         "AUTO_APPROVE_DRIVERS": "true",
-        "REDISPATCH_AFTER_S": "2",
+        "RELAY_AFTER_S": "2",
     }
 )
 for unset in ("CELERY_BROKER_URL", "APNS_KEY_PATH", "APNS_HOST", "APNS_PORT", "APNS_CA_FILE"):
@@ -43,7 +43,7 @@ from tests.processes import run_admin_sql  # noqa: E402
 
 pytest_plugins = ["tests.fake_apns_fixtures"]
 
-TABLES = "offers, device_tokens, driver_profiles, jobs, users"
+TABLES = "job_events, offers, device_tokens, driver_profiles, jobs, users"
 
 
 @pytest.fixture(scope="session", autouse=True)

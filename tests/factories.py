@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from models.db import redis_connection, session_scope
 from models.jobs import Job
-from models.offers import offer_job
+from models.offers import offer_round
 
 _serial = itertools.count(1)
 # The contract's Job fields, in the order the API answers them.
@@ -26,6 +26,12 @@ JOB_FIELDS = (
     "created_at",
     "accepted_at",
     "expires_at",
+    "arrived_at",
+    "started_at",
+    "completed_at",
+    "cancelled_at",
+    "cancelled_by",
+    "driver_location",
 )
 PASSWORD = "correct horse battery"
 
@@ -115,11 +121,13 @@ class Factory:
         return answer.json
 
     def offer(self, job_id: int) -> list[int]:
-        """Make the offers the dispatch task would make (its I/O left out)."""
+        """Make the offers the dispatch task would make (its I/O left out); returns the
+        drivers offered the job now."""
         with session_scope() as session:
             job = session.get(Job, job_id)
             assert job is not None
-            return offer_job(session, redis_connection(), job)
+            offered = offer_round(session, redis_connection(), job)
+            return offered.data["drivers"] if offered is not None else []
 
 
 @dataclass

@@ -109,6 +109,7 @@ def start_web(log_dir: Path, env: dict[str, str] | None = None) -> tuple[Process
             "2",
             "--threads",
             "8",
+            "--no-control-socket",  # gunicorn 27 shares one control socket path per user
             "api:create_app()",
         ],
         log_dir,

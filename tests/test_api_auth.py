@@ -23,7 +23,7 @@ from tests.queues import queued_tasks
 
 API = "/api/v1"
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-TABLES = ("users", "driver_profiles", "device_tokens", "jobs", "offers")
+TABLES = ("users", "driver_profiles", "device_tokens", "jobs", "offers", "job_events")
 TOKEN_SALT = "dispatch.auth.v1"  # models.accounts signs tokens with it
 
 

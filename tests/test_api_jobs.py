@@ -327,8 +327,10 @@ def test_cancel_a_pending_job(client: FlaskClient, factory: Factory) -> None:
     assert (answer.status_code, answer.mimetype) == (200, "application/json")
     cancelled = answer.get_json()
     assert_job(cancelled, status="cancelled", driver=None, accepted_at=None)
-    assert {k: v for k, v in cancelled.items() if k != "status"} == {
-        k: v for k, v in job.items() if k != "status"
+    assert cancelled["cancelled_at"].endswith("Z") and cancelled["cancelled_by"] == "customer"
+    changed = ("status", "cancelled_at", "cancelled_by")
+    assert {k: v for k, v in cancelled.items() if k not in changed} == {
+        k: v for k, v in job.items() if k not in changed
     }
     assert _read(client, customer, job["id"]).get_json() == cancelled
     assert client.get(f"{API}/drivers/me/offers", headers=driver.headers).get_json() == {
@@ -342,9 +344,17 @@ def test_cancel_an_accepted_job_frees_its_driver(client: FlaskClient, factory: F
     job = factory.job(customer)
     factory.offer(job["id"])
     accepted = _accept(client, driver, job["id"]).get_json()
+    assert accepted["driver_location"]["lat"] == ORIGIN[0]  # shown while the driver works
     answer = _cancel(client, customer, job["id"])
     assert answer.status_code == 200
-    assert answer.get_json() == {**accepted, "status": "cancelled"}
+    cancelled = answer.get_json()
+    assert cancelled == {
+        **accepted,
+        "status": "cancelled",
+        "cancelled_at": cancelled["cancelled_at"],
+        "cancelled_by": "customer",
+        "driver_location": None,
+    }
     assert _current_job(driver) is None
 
     following = factory.job(customer)
@@ -352,7 +362,7 @@ def test_cancel_an_accepted_job_frees_its_driver(client: FlaskClient, factory: F
     assert _accept(client, driver, following["id"]).status_code == 200
 
 
-@pytest.mark.parametrize("ended", ["cancelled", "cancelled after acceptance", "expired"])
+@pytest.mark.parametrize("ended", ["expired", "completed"])
 def test_cancelling_a_job_that_ended_is_409_conflict(
     client: FlaskClient, factory: Factory, ended: str
 ) -> None:
@@ -363,12 +373,33 @@ def test_cancelling_a_job_that_ended_is_409_conflict(
     if ended == "expired":
         _set_job(job["id"], status="expired", ended_at=utcnow())
     else:
-        if ended == "cancelled after acceptance":
-            _accept(client, driver, job["id"])
-        assert _cancel(client, customer, job["id"]).status_code == 200
+        _accept(client, driver, job["id"])
+        for step in ("arrive", "start", "complete"):
+            answer = client.post(f"/api/v1/jobs/{job['id']}/{step}", headers=driver.headers)
+            assert answer.status_code == 200, answer.get_json()
     before = db_rows()
-    assert_error(_cancel(client, customer, job["id"]), 409, "conflict")
+    answer = _cancel(client, customer, job["id"])
+    assert_error(answer, 409, "conflict")
+    assert ended in answer.get_json()["error"]["message"]  # it names the job's status
     assert db_rows() == before
+
+
+@pytest.mark.parametrize("when", ["pending", "accepted"])
+def test_a_retried_cancel_answers_the_same_job_and_writes_nothing(
+    client: FlaskClient, factory: Factory, when: str
+) -> None:
+    customer = factory.customer()
+    driver = factory.driver()
+    job = factory.job(customer)
+    factory.offer(job["id"])
+    if when == "accepted":
+        _accept(client, driver, job["id"])
+    first = _cancel(client, customer, job["id"])
+    assert first.status_code == 200
+    before = db_rows(), queued_tasks()
+    again = _cancel(client, customer, job["id"])
+    assert (again.status_code, again.get_json()) == (200, first.get_json())
+    assert (db_rows(), queued_tasks()) == before
 
 
 def test_cancelling_someone_elses_job_is_404(client: FlaskClient, factory: Factory) -> None:

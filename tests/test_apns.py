@@ -20,7 +20,7 @@ from models.db import redis_connection
 from settings import PROJECT_ROOT, settings
 from workers import apns
 from workers.apns import Outcome, Push, classify, send_pushes
-from workers.tasks import push_backoff_s
+from workers.notifications import push_backoff_s
 
 pytestmark = pytest.mark.usefixtures("apns_settings")
 

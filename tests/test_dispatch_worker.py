@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from fake_apns import Behaviour, FakeAPNs
 from models.db import session_scope, utcnow
 from models.devices import DeviceToken
+from models.job_events import JobEvent
 from models.jobs import Job, Offer
 from settings import settings
 from tests.events import EventTap
@@ -85,15 +86,31 @@ def test_job_reaches_exactly_the_eligible_drivers(worker, tap, client, factory: 
     assert len(tap.of("job:new")) == 3
 
 
+def _created_event(job_id: int) -> int:
+    with session_scope() as session:
+        [event_id] = session.scalars(
+            select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.type == "created")
+        )
+        return event_id
+
+
+def _unannounce(event_id: int) -> None:
+    """As if the worker that announced the event had died before marking it."""
+    with session_scope() as session:
+        session.execute(update(JobEvent).where(JobEvent.id == event_id).values(announced_at=None))
+
+
 def test_a_task_delivered_twice_offers_nobody_twice(worker, tap, factory: Factory) -> None:
     customer = factory.customer()
     drivers = [factory.driver() for _ in range(3)]
     job = factory.job(customer)
     tap.wait_for("job:new", count=3)
-    assert enqueue("notify_nearby", job["id"])
-    assert enqueue("notify_nearby", job["id"])
-    late = factory.driver()  # became eligible after the first run: offered once, by a rerun
-    assert enqueue("notify_nearby", job["id"])
+    created = _created_event(job["id"])
+    assert enqueue("notify_nearby", created)  # announced already: does nothing
+    late = factory.driver()  # eligible now: offered once, by a rerun of the whole event
+    _unannounce(created)
+    assert enqueue("notify_nearby", created)
+    assert enqueue("notify_nearby", created)
     tap.wait_for("job:new", count=4)
     wait_until(lambda: late.id in _offers(job["id"]), 10, "the late driver's offer")
     time.sleep(0.5)
@@ -153,8 +170,10 @@ def test_worker_killed_mid_task_loses_no_offer(worker, tap, factory: Factory) ->
     late = factory.driver()
     held = _hold_offer_row(job["id"], late)
     received = worker.log().count("] received")
+    created = _created_event(job["id"])
+    _unannounce(created)
     try:
-        assert enqueue("notify_nearby", job["id"])
+        assert enqueue("notify_nearby", created)
         wait_until(lambda: worker.log().count("] received") > received, 10, "the rerun to start")
         time.sleep(0.5)  # it is now blocked inside the task, on the held row
         for pid in _busy_child_pids(worker):

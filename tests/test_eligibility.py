@@ -6,7 +6,8 @@ from sqlalchemy import update
 
 from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope
-from models.positions import drivers_near, eligible_drivers, record_position
+from models.positions import drivers_near, eligible_drivers
+from models.tracking import record_position
 from settings import settings
 from tests.factories import ORIGIN, Factory, north_of
 

@@ -1,100 +1,170 @@
-"""What the tasks do: read the job, decide, then reach drivers and customers.
+"""Announcing a job's changes: offers and `job:new` for each round, then `job:accepted`,
+`job:removed` and `job:status` for every later change, and the tracking targets.
 
-Socket events go out at once on the `dispatch` queue's worker; pushes are handed to the
-`push` queue, so a slow or failing APNs never delays a feed."""
+Each function announces one `job_events` row and marks it announced in the transaction
+that read it, so a redelivered or re-driven task does nothing twice. Socket events go out
+at once from the `dispatch` queue's worker; pushes are handed to the `push` queue
+(`send_push`), so a slow or failing APNs never delays a feed."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import redis
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models.db import redis_connection, session_scope
-from models.jobs import Job, JobStatus, expire_due_jobs, mark_dispatched, undispatched_job_ids
-from models.offers import mark_notified, offer_job, offered_driver_ids, unnotified_offers
-from models.schemas import JobView, OfferView, as_json
-from settings import settings
+from models.job_events import (
+    EventType,
+    JobEvent,
+    hold_announcements,
+    last_step,
+    mark_announced,
+)
+from models.jobs import Job, JobStatus, Offer
+from models.lifecycle import expire_due_jobs
+from models.offers import mark_notified, offer_round, unnotified_offers
+from models.schemas import JobView, OfferView, as_json, utc_z
+from models.tracking import sync_tracking, tracked_positions
 from workers.events import customer_room, driver_room, emit, emit_each
+from workers.notifications import PUSH_DUE_S, has_push
 
 log = logging.getLogger(__name__)
 
-REDISPATCH_HOLD_S = 30
+
+def _unannounced(session: Session, event_id: int) -> JobEvent | None:
+    event = session.get(JobEvent, event_id)
+    if event is None:
+        log.warning("job event %s does not exist", event_id)
+        return None
+    return None if event.announced_at is not None else event
 
 
-def _job(session: Session, job_id: int) -> Job | None:
-    job = session.get(Job, job_id)
-    if job is None:
-        log.warning("job %s does not exist", job_id)
-    return job
+def _push_within(event: JobEvent) -> float | None:
+    return PUSH_DUE_S if has_push(event) else None
 
 
-def dispatch_job(job_id: int) -> list[int]:
-    """Offer a pending job to the eligible drivers and tell each of them.
+def _status_rooms(job: Job, event: JobEvent) -> list[str]:
+    """`job:status` goes to the customer, the driver now, and a driver the change let go."""
+    drivers = {d for d in (job.driver_id, event.data.get("driver_id")) if d is not None}
+    return [customer_room(job.customer_id), *(driver_room(d) for d in sorted(drivers))]
 
-    Offers are committed first, then each un-notified offer gets `job:new` and is marked:
-    a task redelivered after a crash offers nobody twice and resumes the notifying.
-    Returns the drivers notified now, whose pushes the caller queues."""
+
+def _speak_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -> None:
+    """`job:status` with the job as it is now, and the tracking targets to match."""
+    view = JobView.of(job, tracked_positions(r, [job]).get(job.id))
+    emit("job:status", as_json(view), _status_rooms(job, event))
+    last = last_step(session, job.id)
+    version = max(event.id, last.id if last is not None else 0)
+    drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
+    sync_tracking(r, job, version, drivers)
+
+
+def _round_drivers(session: Session, job_id: int, round_: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Offer.driver_id).where(Offer.job_id == job_id, Offer.round == round_)
+        )
+    )
+
+
+def offer_job(event_id: int) -> int | None:
+    """A `created` or `released` event: (for a release, `job:status` to the customer and the
+    releasing driver first, then) offer the round the event opened to the eligible
+    drivers. Returns the `offered` event to announce next, if anyone was offered it (an
+    `offered` event given here is returned as it is, to be announced)."""
+    r = redis_connection()
     with session_scope() as session:
-        job = _job(session, job_id)
-        if job is None or job.status != JobStatus.pending:
-            return []
-        offer_job(session, redis_connection(), job)
-        offers = unnotified_offers(session, job_id)
+        event = _unannounced(session, event_id)
+        if event is None or event.type == EventType.offered:
+            return None if event is None else event.id
+        hold_announcements(session, event.job_id)
+        job = session.scalar(
+            select(Job)
+            .where(Job.id == event.job_id)
+            .with_for_update(read=True, of=Job)  # no step changes it while offers are made
+            .execution_options(populate_existing=True)
+        )
+        assert job is not None
+        if event.type == EventType.released:
+            _speak_status(session, r, job, event)
+        offered = None
+        if job.offer_round == event.data.get("round", 1):
+            offered = offer_round(session, r, job)
+        mark_announced(session, event.id, _push_within(event))
+        return offered.id if offered is not None else None
+
+
+def announce_offers(event_id: int) -> bool:
+    """An `offered` event: `job:new` to each driver it names who has not had it yet (all of
+    them, unless a worker died half-way), then mark them. Returns whether pushes are owed."""
+    with session_scope() as session:
+        event = _unannounced(session, event_id)
+        if event is None:
+            return False
+        job = session.get(Job, event.job_id)
+        assert job is not None
+        live = job.status == JobStatus.pending and job.offer_round == event.data["round"]
+        offers = unnotified_offers(session, job, event.data["drivers"]) if live else []
+        for offer in offers:
+            offer.job = job
         events = [("job:new", as_json(OfferView.of(o)), driver_room(o.driver_id)) for o in offers]
     # Committed first: a driver who accepts the moment the event arrives finds the offer.
     emit_each(events)
     with session_scope() as session:
         mark_notified(session, [offer.id for offer in offers])
-        mark_dispatched(session, job_id)
-    log.info("job %s offered to %d drivers", job_id, len(offers))
-    return [offer.driver_id for offer in offers]
+        event = session.get(JobEvent, event_id)
+        assert event is not None
+        job = session.get(Job, event.job_id)
+        assert job is not None
+        push_within = _push_within(event) if live and offers else None
+        mark_announced(session, event_id, push_within)
+    log.info("job %s offered to %d drivers", job.id, len(offers))
+    return push_within is not None
 
 
-def announce_acceptance(job_id: int) -> int | None:
-    """`job:accepted` to every offered driver, `job:status` to the customer and the winner.
-    Returns the customer to push to, or None if the job is not accepted."""
-    with session_scope() as session:
-        job = _job(session, job_id)
-        if job is None or job.status != JobStatus.accepted or job.driver_id is None:
-            return None
-        drivers = offered_driver_ids(session, job_id)
-        view = as_json(JobView.of(job))
-        accepted = {"job_id": job.id, "accepted_at": view["accepted_at"]}
-        customer_id, winner_id = job.customer_id, job.driver_id
-    emit("job:accepted", accepted, [driver_room(d) for d in sorted(set(drivers) | {winner_id})])
-    emit("job:status", view, [customer_room(customer_id), driver_room(winner_id)])
-    return customer_id
-
-
-def announce_removal(job_id: int) -> tuple[str, int] | None:
-    """`job:removed` to every offered driver, `job:status` to the customer (and to the
-    driver of a cancelled accepted job). Returns (reason, customer id)."""
-    with session_scope() as session:
-        job = _job(session, job_id)
-        if job is None or job.status not in (JobStatus.cancelled, JobStatus.expired):
-            return None
-        reason = job.status
-        drivers = offered_driver_ids(session, job_id)
-        view = as_json(JobView.of(job))
-        customer_id, driver_id = job.customer_id, job.driver_id
-    emit("job:removed", {"job_id": job_id, "reason": reason}, [driver_room(d) for d in drivers])
-    status_rooms = [customer_room(customer_id)]
-    if driver_id is not None:
-        status_rooms.append(driver_room(driver_id))
-    emit("job:status", view, status_rooms)
-    return reason, customer_id
-
-
-def jobs_to_redispatch() -> list[int]:
-    """Undispatched pending jobs, each handed out at most once per REDISPATCH_HOLD_S so a
-    backlog in the queue is not multiplied by every beat tick."""
-    with session_scope() as session:
-        job_ids = undispatched_job_ids(session, settings.redispatch_after_s)
+def announce_change(event_id: int) -> bool:
+    """Any change after the offers: `job:accepted` to the round's drivers, `job:removed`
+    to the drivers who should drop it, `job:status` to the customer and the drivers
+    concerned, the tracking targets. Returns whether pushes are owed."""
     r = redis_connection()
-    hold = settings.redis_key("redispatch")
-    return [j for j in job_ids if r.set(f"{hold}:{j}", 1, nx=True, ex=REDISPATCH_HOLD_S)]
-
-
-def expire_jobs_now() -> list[int]:
     with session_scope() as session:
-        return expire_due_jobs(session)
+        event = _unannounced(session, event_id)
+        if event is None:
+            return False
+        hold_announcements(session, event.job_id)
+        job = session.get(Job, event.job_id, populate_existing=True)
+        assert job is not None
+        if event.type == EventType.accepted:
+            drivers = set(_round_drivers(session, job.id, event.data.get("round", job.offer_round)))
+            drivers.add(event.data["driver_id"])
+            accepted = {"job_id": job.id, "accepted_at": utc_z(event.at)}
+            emit("job:accepted", accepted, [driver_room(d) for d in sorted(drivers)])
+        removed = _removal(session, job, event)
+        if removed is not None:
+            payload, rooms = removed
+            emit("job:removed", payload, rooms)
+        if event.type != EventType.declined:
+            _speak_status(session, r, job, event)
+        push_within = _push_within(event)
+        mark_announced(session, event.id, push_within)
+    return push_within is not None
+
+
+def _removal(
+    session: Session, job: Job, event: JobEvent
+) -> tuple[dict[str, Any], list[str]] | None:
+    if event.type == EventType.declined:
+        return {"job_id": job.id, "reason": "declined"}, [driver_room(event.data["driver_id"])]
+    if event.type in (EventType.cancelled, EventType.expired):
+        drivers = _round_drivers(session, job.id, job.offer_round)
+        return {"job_id": job.id, "reason": event.type}, [driver_room(d) for d in drivers]
+    return None
+
+
+def expire_jobs_now() -> list[tuple[int, str]]:
+    """Expire the pending jobs past their expiry; returns their events to announce."""
+    with session_scope() as session:
+        return [(event.id, event.type) for event in expire_due_jobs(session)]

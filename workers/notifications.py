@@ -1,26 +1,113 @@
-"""APNs pushes for jobs: what each says (the contract's table), and what to do with
-each token's answer: record it, deactivate a dead token, or hand it back for a retry."""
+"""APNs pushes for job events: who each event pushes to and what it says (the contract's
+tables), and what to do with each token's answer: record it, deactivate a dead token, or
+retry it later.
+
+A push is owed from the moment its event is announced (`job_events.push_due_at`) until
+`push_event` clears it; a push worker that dies mid-way leaves it due, and the sweep
+re-drives it. Retries keep their count and remaining tokens on the event row, so the
+bound holds across processes."""
 
 from __future__ import annotations
 
 import logging
+import random
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
 from models.db import session_scope, utcnow
 from models.devices import DeviceToken, active_tokens, deactivate_token, record_delivered
+from models.job_events import EventType, JobEvent
 from models.jobs import Job, JobStatus
-from models.offers import distance_by_driver
+from models.offers import distance_by_driver, open_offer_driver_ids
 from workers.apns import Outcome, Push, PushResult, apns_enabled, send_pushes
 
 log = logging.getLogger(__name__)
+
+# An owed push not done by then is re-driven: longer than one send may take (15 s).
+PUSH_DUE_S = 30.0
+PUSH_MAX_RETRIES = 6
+PUSH_BACKOFF_BASE_S = 2.0
+PUSH_BACKOFF_CAP_S = 60.0
 
 
 class PushKind(StrEnum):
     job_new = "job:new"
     job_accepted = "job:accepted"
+    job_arrived = "job:arrived"
+    job_completed = "job:completed"
+    job_released = "job:released"
+    job_cancelled = "job:cancelled"
     job_expired = "job:expired"
+
+
+@dataclass(frozen=True)
+class Alert:
+    title: str
+    body: str
+    priority: int | None
+
+
+def push_backoff_s(attempt: int) -> float:
+    """Exponential backoff with equal jitter: 1–2 s, 2–4 s, 4–8 s …, capped at a minute.
+    The floor keeps a retry from racing the answer that made it pointless."""
+    ceiling = min(PUSH_BACKOFF_CAP_S, PUSH_BACKOFF_BASE_S * 2**attempt)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _kind(event: JobEvent) -> PushKind | None:
+    if event.type == EventType.cancelled:
+        return PushKind.job_cancelled if event.data.get("driver_id") is not None else None
+    return {
+        EventType.offered: PushKind.job_new,
+        EventType.accepted: PushKind.job_accepted,
+        EventType.arrived: PushKind.job_arrived,
+        EventType.completed: PushKind.job_completed,
+        EventType.released: PushKind.job_released,
+        EventType.expired: PushKind.job_expired,
+    }.get(EventType(event.type))
+
+
+def has_push(event: JobEvent) -> bool:
+    return _kind(event) is not None
+
+
+def _recipients(session: Session, kind: PushKind, event: JobEvent, job: Job) -> list[int]:
+    if kind is PushKind.job_new:
+        # An offer push is pointless, and never retried, once the job is no longer pending
+        # in that round or the driver declined it.
+        if not (
+            job.status == JobStatus.pending
+            and job.expires_at > utcnow()
+            and job.offer_round == event.data["round"]
+        ):
+            return []
+        return open_offer_driver_ids(session, job, event.data["drivers"])
+    if kind is PushKind.job_cancelled:
+        return [event.data["driver_id"]]
+    return [job.customer_id]
+
+
+def _alert(kind: PushKind, job: Job, event: JobEvent) -> Alert:
+    driver = job.driver.name if job.driver else "Your driver"
+    return {
+        PushKind.job_accepted: Alert("Driver on the way", f"{driver} accepted your job.", 10),
+        PushKind.job_arrived: Alert("Your driver is here", f"{driver} is at the pickup.", 10),
+        PushKind.job_completed: Alert("Job complete", "Thanks for using Dispatch.", 10),
+        PushKind.job_released: Alert(
+            "Finding you another driver", "Your driver could not make it; we are on it.", 10
+        ),
+        PushKind.job_cancelled: Alert(
+            "Job cancelled", "The customer cancelled this job. You are free for the next.", 10
+        ),
+        PushKind.job_expired: Alert(
+            "No driver found",
+            "Nobody nearby could take your job. Try again in a few minutes.",
+            None,
+        ),
+    }[kind]
 
 
 def _offer_push(job: Job, token: DeviceToken, distance_km: float | None) -> Push:
@@ -39,68 +126,73 @@ def _offer_push(job: Job, token: DeviceToken, distance_km: float | None) -> Push
     )
 
 
-def _accepted_push(job: Job, token: DeviceToken) -> Push:
-    driver = job.driver.name if job.driver else "Your driver"
-    return Push(
-        token=token.token,
-        environment=token.environment,
-        title="Driver on the way",
-        body=f"{driver} accepted your job.",
-        data={"type": PushKind.job_accepted.value, "job_id": job.id},
-        priority=10,
-    )
-
-
-def _expired_push(job: Job, token: DeviceToken) -> Push:
-    return Push(
-        token=token.token,
-        environment=token.environment,
-        title="No driver found",
-        body="Nobody nearby could take your job. Try again in a few minutes.",
-        data={"type": PushKind.job_expired.value, "job_id": job.id},
-        priority=None,
-    )
-
-
-def _pushes(session: Session, kind: PushKind, job: Job, tokens: list[DeviceToken]) -> list[Push]:
+def _pushes(
+    session: Session, kind: PushKind, event: JobEvent, job: Job, tokens: list[DeviceToken]
+) -> list[Push]:
     if kind is PushKind.job_new:
         distances = distance_by_driver(session, job.id)
         return [_offer_push(job, t, distances.get(t.user_id)) for t in tokens]
-    if kind is PushKind.job_accepted:
-        return [_accepted_push(job, t) for t in tokens]
-    return [_expired_push(job, t) for t in tokens]
+    alert = _alert(kind, job, event)
+    return [
+        Push(
+            token=t.token,
+            environment=t.environment,
+            title=alert.title,
+            body=alert.body,
+            data={"type": kind.value, "job_id": job.id},
+            priority=alert.priority,
+        )
+        for t in tokens
+    ]
 
 
-def _still_relevant(kind: PushKind, job: Job) -> bool:
-    """An offer push is pointless, and never retried, once the job is no longer pending."""
-    if kind is PushKind.job_new:
-        return job.status == JobStatus.pending and job.expires_at > utcnow()
-    return True
-
-
-def push_job(
-    kind: PushKind, job_id: int, user_ids: list[int], only_tokens: list[str] | None = None
-) -> list[str]:
-    """Push `kind` about the job to the users' active tokens (or to `only_tokens` of them,
-    on a retry). Returns the tokens whose delivery should be retried."""
-    if not apns_enabled():
-        return []  # warned once when the worker started
+def push_event(event_id: int) -> float | None:
+    """Send the pushes the event still owes. Returns the countdown to a retry, or None
+    when nothing more is owed (delivered, dead, irrelevant, or given up and logged)."""
     with session_scope() as session:
-        job = session.get(Job, job_id)
-        if job is None or not _still_relevant(kind, job):
-            return []
-        tokens = active_tokens(session, user_ids)
-        if only_tokens is not None:
-            tokens = [t for t in tokens if t.token in set(only_tokens)]
-        pushes = _pushes(session, kind, job, tokens)
-    if not pushes:
-        return []
+        event = session.get(JobEvent, event_id)
+        if event is None or event.push_due_at is None:
+            return None
+        job = session.get(Job, event.job_id)
+        kind = _kind(event)
+        pushes: list[Push] = []
+        if apns_enabled() and job is not None and kind is not None:
+            tokens = active_tokens(session, _recipients(session, kind, event, job))
+            if event.push_tokens is not None:
+                tokens = [t for t in tokens if t.token in set(event.push_tokens)]
+            pushes = _pushes(session, kind, event, job, tokens)
+        if not pushes or kind is None:
+            event.push_due_at = None
+            return None
+        # Claimed for this attempt: only a push worker that dies leaves it overdue.
+        event.push_due_at = utcnow() + timedelta(seconds=PUSH_DUE_S)
+        attempt = event.push_attempts
     results = send_pushes(pushes)
-    record_outcomes(kind, job_id, results)
-    return [r.push.token for r in results if r.outcome is Outcome.retry]
+    record_outcomes(kind, event_id, results)
+    retry = [r.push.token for r in results if r.outcome is Outcome.retry]
+    with session_scope() as session:
+        event = session.get(JobEvent, event_id)
+        assert event is not None
+        if retry and attempt < PUSH_MAX_RETRIES:
+            countdown = push_backoff_s(attempt)
+            event.push_tokens = retry
+            event.push_attempts = attempt + 1
+            event.push_due_at = utcnow() + timedelta(seconds=countdown + PUSH_DUE_S)
+            return countdown
+        if retry:
+            log.error(
+                "%s push for job %s gave up after %d attempts on %d tokens",
+                kind,
+                event.job_id,
+                attempt + 1,
+                len(retry),
+            )
+        event.push_due_at = None
+        event.push_tokens = None
+    return None
 
 
-def record_outcomes(kind: PushKind, job_id: int, results: list[PushResult]) -> None:
+def record_outcomes(kind: PushKind, event_id: int, results: list[PushResult]) -> None:
     with session_scope() as session:
         record_delivered(session, [r.push.token for r in results if r.outcome is Outcome.delivered])
         for result in results:
@@ -109,9 +201,9 @@ def record_outcomes(kind: PushKind, job_id: int, results: list[PushResult]) -> N
                 log.info("token %s… deactivated: %s", result.push.token[:8], result.reason)
             elif result.outcome is Outcome.dropped:
                 log.error(
-                    "%s push for job %s to %s… dropped: %s %s",
+                    "%s push for event %s to %s… dropped: %s %s",
                     kind,
-                    job_id,
+                    event_id,
                     result.push.token[:8],
                     result.status,
                     result.reason,

@@ -1,0 +1,185 @@
+"""The job's event log, which is also its transactional outbox.
+
+Every change of a job writes one row here in the same transaction as the change. The
+workers announce each row (socket events, then pushes) and mark it; a sweep re-drives any
+row whose announcement or push is overdue, so no change is lost with a crashed process."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from models.accounts import User
+from models.db import Base, UTCDateTime, utcnow
+
+
+class EventType(StrEnum):
+    created = "created"
+    offered = "offered"
+    accepted = "accepted"
+    arrived = "arrived"
+    started = "started"
+    completed = "completed"
+    released = "released"
+    declined = "declined"
+    cancelled = "cancelled"
+    expired = "expired"
+
+
+# The steps that change a job's status: the last of them tells whether a request is a retry.
+STATUS_STEPS = (
+    EventType.accepted,
+    EventType.arrived,
+    EventType.started,
+    EventType.completed,
+    EventType.released,
+    EventType.cancelled,
+    EventType.expired,
+)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (
+        CheckConstraint(
+            "type IN ('created', 'offered', 'accepted', 'arrived', 'started', 'completed',"
+            " 'released', 'declined', 'cancelled', 'expired')",
+            name="ck_job_events_type",
+        ),
+        Index("ix_job_events_job", "job_id", "id"),
+        Index(
+            "ix_job_events_unannounced",
+            "id",
+            postgresql_where=text("announced_at IS NULL"),
+            sqlite_where=text("announced_at IS NULL"),
+        ),
+        Index(
+            "ix_job_events_push_due",
+            "push_due_at",
+            postgresql_where=text("push_due_at IS NOT NULL"),
+            sqlite_where=text("push_due_at IS NOT NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    actor_role: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    # What the announcement needs: the driver concerned, the round, the offered drivers …
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Set while the event's pushes are owed: by then they are sent, or re-driven.
+    push_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    push_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The tokens still owed a push after a partial failure (None: every recipient's).
+    push_tokens: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+
+
+def record_event(
+    session: Session,
+    job_id: int,
+    type_: EventType,
+    actor: User | None,
+    at: datetime,
+    **data: Any,
+) -> JobEvent:
+    event = JobEvent(
+        job_id=job_id,
+        type=type_.value,
+        at=at,
+        actor_id=actor.id if actor else None,
+        actor_role=actor.role if actor else None,
+        data=data,
+    )
+    session.add(event)
+    session.flush()
+    return event
+
+
+def last_step(session: Session, job_id: int) -> JobEvent | None:
+    """The job's latest status change, read afresh (another transaction may just have
+    committed it)."""
+    return session.scalar(
+        select(JobEvent)
+        .where(JobEvent.job_id == job_id, JobEvent.type.in_([t.value for t in STATUS_STEPS]))
+        .order_by(JobEvent.id.desc())
+        .limit(1)
+        .execution_options(populate_existing=True)
+    )
+
+
+def job_history(session: Session, job_id: int) -> list[JobEvent]:
+    return list(
+        session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
+    )
+
+
+def unannounced_events(session: Session, older_than_s: float, limit: int) -> list[tuple[int, str]]:
+    """(id, type) of events made more than `older_than_s` ago and still not announced:
+    their enqueue was lost, or the worker holding them died."""
+    since = utcnow() - timedelta(seconds=older_than_s)
+    rows = session.execute(
+        select(JobEvent.id, JobEvent.type)
+        .where(JobEvent.announced_at.is_(None), JobEvent.at <= since)
+        .order_by(JobEvent.id)
+        .limit(limit)
+    )
+    return [(row.id, row.type) for row in rows]
+
+
+def overdue_push_event_ids(session: Session, limit: int) -> list[int]:
+    """Events whose pushes were due by now and are not done: the push worker died."""
+    return list(
+        session.scalars(
+            select(JobEvent.id)
+            .where(JobEvent.push_due_at.is_not(None), JobEvent.push_due_at <= utcnow())
+            .order_by(JobEvent.push_due_at)
+            .limit(limit)
+        )
+    )
+
+
+ANNOUNCEMENT_LOCK_CLASS = 0x6A6F62  # "job": advisory lock keys (class, job id)
+
+
+def hold_announcements(session: Session, job_id: int) -> None:
+    """Serialize the announcements of one job until this transaction ends, so each reads
+    the job after the previous one has spoken and the last `job:status` is the newest.
+    (SQLite, the embedded default, runs one writer at a time and needs no lock.)"""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(ANNOUNCEMENT_LOCK_CLASS, job_id)))
+
+
+def mark_announced(session: Session, event_id: int, push_within_s: float | None) -> None:
+    """The event's socket part is done; its pushes are owed within `push_within_s`
+    (None: it has none)."""
+    now = utcnow()
+    due = None if push_within_s is None else now + timedelta(seconds=push_within_s)
+    session.execute(
+        update(JobEvent)
+        .where(JobEvent.id == event_id, JobEvent.announced_at.is_(None))
+        .values(announced_at=now, push_due_at=due)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,372 @@
+"""Every change a job goes through, each one transaction that also writes its event.
+
+A step is one conditional UPDATE from the status it allows, by the person it allows, so
+the database decides races: of any number of concurrent steps on one job, those that
+exclude each other leave exactly one applied. Locks are always taken job first, then the
+driver's profile, so steps never deadlock. A step that matches no row is classified
+afterwards: a retry of the caller's own last step answers the job again and announces
+nothing; anything else is a 404, 403 or 409."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from models.accounts import DriverProfile, User
+from models.db import utcnow
+from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
+from models.job_events import EventType, JobEvent, last_step, record_event
+from models.jobs import Job, JobStatus, Offer, OfferClosed, Place, offer_of, require_role
+from settings import settings
+
+CANCELLABLE = (JobStatus.pending, JobStatus.accepted, JobStatus.arrived)
+RELEASABLE = (JobStatus.accepted, JobStatus.arrived)
+
+
+@dataclass
+class Step:
+    """A job after a step, and the events to announce (none for a retry)."""
+
+    job: Job
+    events: list[JobEvent] = field(default_factory=list)
+
+
+def create_job(
+    session: Session,
+    customer: User,
+    pickup: Place,
+    dropoff: Place | None,
+    notes: str | None,
+    idempotency_key: str | None = None,
+) -> Step:
+    """Create a pending job. With an idempotency key already used by this customer within
+    the window, answer that job instead, announcing nothing."""
+    require_role(customer, "customer")
+    now = utcnow()
+    if idempotency_key is not None:
+        earlier = _job_by_idempotency_key(session, customer.id, idempotency_key)
+        if earlier is not None:
+            if earlier.created_at > now - timedelta(seconds=settings.idempotency_window_s):
+                return Step(earlier)
+            earlier.idempotency_key = None  # the window has passed: the key is free again
+            session.flush()
+    job = Job(
+        status=JobStatus.pending.value,
+        customer=customer,
+        pickup_lat=pickup.lat,
+        pickup_lng=pickup.lng,
+        pickup_address=pickup.address,
+        dropoff_lat=dropoff.lat if dropoff else None,
+        dropoff_lng=dropoff.lng if dropoff else None,
+        dropoff_address=dropoff.address if dropoff else None,
+        notes=notes,
+        idempotency_key=idempotency_key,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.job_offer_ttl_s),
+        offer_round=1,
+        driver=None,
+    )
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+    else:
+        try:
+            with session.begin_nested():  # a savepoint only where a duplicate key can race
+                session.add(job)
+                session.flush()
+        except IntegrityError:
+            # A concurrent request with the same key committed first: answer with its job.
+            earlier = _job_by_idempotency_key(session, customer.id, idempotency_key)
+            if earlier is None:
+                raise
+            return Step(earlier)
+    return Step(job, [record_event(session, job.id, EventType.created, customer, now, round=1)])
+
+
+def _job_by_idempotency_key(session: Session, customer_id: int, key: str) -> Job | None:
+    return session.scalar(
+        select(Job).where(Job.customer_id == customer_id, Job.idempotency_key == key)
+    )
+
+
+def _transition(session: Session, job_id: int, *where: Any, **values: Any) -> Any:
+    """The conditional UPDATE of one step: the changed row's driver and round, or None."""
+    return session.execute(
+        update(Job)
+        .where(Job.id == job_id, *where)
+        .values(**values)
+        .returning(Job.driver_id, Job.offer_round)
+        .execution_options(synchronize_session=False)
+    ).first()
+
+
+def _fresh(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFound("No such job.")
+    return job
+
+
+def _free_driver(session: Session, driver_id: int | None, job_id: int) -> None:
+    if driver_id is not None:
+        session.execute(
+            update(DriverProfile)
+            .where(DriverProfile.user_id == driver_id, DriverProfile.current_job_id == job_id)
+            .values(current_job_id=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _refused(session: Session, actor: User, job_id: int, step: EventType, is_party: bool) -> Job:
+    """After a step matched no row: the job again if this was the actor's own last step
+    (a retry), else the error that says why."""
+    job = _fresh(session, job_id)
+    last = last_step(session, job_id)
+    if last is not None and last.type == step and last.actor_id == actor.id:
+        return job
+    if not is_party:
+        raise NotFound("No such job.")
+    raise Conflict(f"The job is {job.status}; it cannot be {STEP_WORDS[step]}.")
+
+
+STEP_WORDS = {
+    EventType.accepted: "accepted",
+    EventType.arrived: "marked arrived",
+    EventType.started: "started",
+    EventType.completed: "completed",
+    EventType.released: "released",
+    EventType.declined: "declined",
+    EventType.cancelled: "cancelled",
+}
+
+
+NOW = object()  # stands for the step's time in `_drivers_step` values
+
+
+def _drivers_step(
+    session: Session,
+    driver: User,
+    job_id: int,
+    step: EventType,
+    allowed: tuple[JobStatus, ...],
+    frees_driver: bool,
+    **values: Any,
+) -> Step:
+    """A step of the job's driver: the conditional UPDATE, the driver freed if the step
+    ends their work on it, and the event (with the round the job is in now); a retry
+    answers the job and records nothing."""
+    require_role(driver, "driver")
+    now = utcnow()
+    row = _transition(
+        session,
+        job_id,
+        Job.status.in_([s.value for s in allowed]),
+        Job.driver_id == driver.id,
+        **{name: now if value is NOW else value for name, value in values.items()},
+    )
+    if row is None:
+        job = session.get(Job, job_id)
+        is_driver = job is not None and job.driver_id == driver.id
+        if job is not None and not is_driver and _saw_it(session, driver, job):
+            raise Forbidden("Only the job's driver can do this.")
+        return Step(_refused(session, driver, job_id, step, is_driver))
+    if frees_driver:
+        _free_driver(session, driver.id, job_id)
+    event = record_event(
+        session, job_id, step, driver, now, driver_id=driver.id, round=row.offer_round
+    )
+    return Step(_fresh(session, job_id), [event])
+
+
+def _saw_it(session: Session, user: User, job: Job) -> bool:
+    """Whether the user may know the job exists (so a refusal may be a 403, not a 404)."""
+    if job.customer_id == user.id:
+        return True
+    offer = offer_of(session, job.id, user.id)
+    return offer is not None and offer.is_open_in(job)
+
+
+def accept_job(session: Session, driver: User, job_id: int) -> Step:
+    """Give a pending job to a driver it is offered to in its current round. The job row is
+    taken first (losers wait on its lock, then match nothing and answer 409), then the
+    offer is checked afresh (a decline may just have committed), then the driver."""
+    require_role(driver, "driver")
+    now = utcnow()
+    row = _transition(
+        session,
+        job_id,
+        Job.status == JobStatus.pending.value,
+        Job.expires_at > now,
+        status=JobStatus.accepted.value,
+        driver_id=driver.id,
+        accepted_at=now,
+    )
+    offer = offer_of(session, job_id, driver.id)
+    if offer is None:
+        raise NotFound("No such job.")
+    if row is None:
+        job = _fresh(session, job_id)
+        last = last_step(session, job_id)
+        if last is not None and last.type == EventType.accepted and last.actor_id == driver.id:
+            return Step(job)
+        raise JobNotAvailable()
+    if offer.round != row.offer_round or offer.closed_at is not None:
+        raise JobNotAvailable()
+    claimed = session.execute(
+        update(DriverProfile)
+        .where(DriverProfile.user_id == driver.id, DriverProfile.current_job_id.is_(None))
+        .values(current_job_id=job_id)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        raise Conflict("You are already on a job.")
+    event = record_event(
+        session, job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
+    )
+    return Step(_fresh(session, job_id), [event])
+
+
+def arrive_job(session: Session, driver: User, job_id: int) -> Step:
+    return _drivers_step(
+        session,
+        driver,
+        job_id,
+        EventType.arrived,
+        (JobStatus.accepted,),
+        frees_driver=False,
+        status=JobStatus.arrived.value,
+        arrived_at=NOW,
+    )
+
+
+def start_job(session: Session, driver: User, job_id: int) -> Step:
+    return _drivers_step(
+        session,
+        driver,
+        job_id,
+        EventType.started,
+        (JobStatus.arrived,),
+        frees_driver=False,
+        status=JobStatus.in_progress.value,
+        started_at=NOW,
+    )
+
+
+def complete_job(session: Session, driver: User, job_id: int) -> Step:
+    """Finish the job; its driver is free for the next one in the same transaction."""
+    return _drivers_step(
+        session,
+        driver,
+        job_id,
+        EventType.completed,
+        (JobStatus.in_progress,),
+        frees_driver=True,
+        status=JobStatus.completed.value,
+        completed_at=NOW,
+        ended_at=NOW,
+    )
+
+
+def release_job(session: Session, driver: User, job_id: int) -> Step:
+    """Give the job back before starting it: pending again, in a new round of offers that
+    this driver is never part of, with a fresh expiry; the driver is free at once."""
+    done = _drivers_step(
+        session,
+        driver,
+        job_id,
+        EventType.released,
+        RELEASABLE,
+        frees_driver=True,
+        status=JobStatus.pending.value,
+        driver_id=None,
+        accepted_at=None,
+        arrived_at=None,
+        expires_at=utcnow() + timedelta(seconds=settings.job_offer_ttl_s),
+        offer_round=Job.offer_round + 1,
+    )
+    if done.events:
+        _close_offer(session, job_id, driver.id, OfferClosed.released, done.events[0].at)
+    return done
+
+
+def _close_offer(
+    session: Session, job_id: int, driver_id: int, reason: OfferClosed, now: datetime
+) -> None:
+    session.execute(
+        update(Offer)
+        .where(Offer.job_id == job_id, Offer.driver_id == driver_id, Offer.closed_at.is_(None))
+        .values(closed_at=now, closed_reason=reason.value)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def decline_job(session: Session, driver: User, job_id: int) -> Step:
+    """Take a pending job out of this driver's feed for good. The job row is read under a
+    share lock, so a decline and an accept by the same driver never both apply."""
+    require_role(driver, "driver")
+    now = utcnow()
+    job = session.scalar(
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update(read=True, of=Job)
+        .execution_options(populate_existing=True)
+    )
+    offer = offer_of(session, job_id, driver.id) if job is not None else None
+    if job is None or offer is None:
+        raise NotFound("No such job.")
+    if offer.closed_reason == OfferClosed.declined:
+        return Step(job)
+    if not offer.is_open_in(job):
+        raise NotFound("No such job.")
+    if job.status != JobStatus.pending or job.expires_at <= now:
+        raise Conflict(f"The job is {job.status}; it cannot be declined.")
+    _close_offer(session, job_id, driver.id, OfferClosed.declined, now)
+    event = record_event(session, job_id, EventType.declined, driver, now, driver_id=driver.id)
+    return Step(job, [event])
+
+
+def cancel_job(session: Session, customer: User, job_id: int, reason: str | None = None) -> Step:
+    """Cancel the customer's job while pending, accepted or arrived; its driver (if any) is
+    free at once."""
+    require_role(customer, "customer")
+    now = utcnow()
+    row = _transition(
+        session,
+        job_id,
+        Job.customer_id == customer.id,
+        Job.status.in_([s.value for s in CANCELLABLE]),
+        status=JobStatus.cancelled.value,
+        cancelled_at=now,
+        cancelled_by="customer",
+        ended_at=now,
+    )
+    if row is None:
+        job = session.get(Job, job_id)
+        is_customer = job is not None and job.customer_id == customer.id
+        return Step(_refused(session, customer, job_id, EventType.cancelled, is_customer))
+    _free_driver(session, row.driver_id, job_id)
+    event = record_event(
+        session, job_id, EventType.cancelled, customer, now, driver_id=row.driver_id, reason=reason
+    )
+    return Step(_fresh(session, job_id), [event])
+
+
+def expire_due_jobs(session: Session) -> list[JobEvent]:
+    """Mark every pending job past its expiry as expired; returns their events."""
+    now = utcnow()
+    rows = session.execute(
+        update(Job)
+        .where(Job.status == JobStatus.pending.value, Job.expires_at <= now)
+        .values(status=JobStatus.expired.value, ended_at=now)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return [
+        record_event(session, job_id, EventType.expired, None, now)
+        for job_id in sorted(row.id for row in rows)
+    ]

@@ -1,0 +1,176 @@
+"""Live tracking: a driver on a job reports positions; the job's customer follows them.
+
+The hot path (a position report) touches only Redis: one script stores the position and,
+when the driver's tracking target says a customer follows them and the per-driver
+one-second throttle allows, returns that target, so the caller emits
+`job:driver_location`. No database query per report.
+
+Targets are written by the workers as they announce each change of a job, versioned by
+the id of the job's latest status event: a late writer never overwrites a newer state.
+A driver holds at most one job at a time, so a per-driver throttle is a per-job one."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from models.jobs import ON_JOB, Job, JobStatus
+from models.positions import geo_key, indexable_lat, seen_key
+from settings import settings
+
+EARTH_RADIUS_KM = 6371.0088
+UPDATES_EVERY_MS = 1000
+TOMBSTONE_TTL_S = 24 * 3600
+
+# KEYS: geo, seen, exact positions, the driver's target, the driver's throttle.
+# ARGV: lng, indexable lat, driver id, now (epoch s), "lat,lng,now", throttle ms.
+_REPORT_SCRIPT = """
+redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+local target = redis.call('GET', KEYS[4])
+if not target or string.sub(target, 1, 1) ~= '{' then return false end
+if redis.call('SET', KEYS[5], 1, 'PX', ARGV[6], 'NX') then return target end
+return false
+"""
+
+# KEYS: the driver's target. ARGV: version, value, ttl seconds (0: none).
+_SET_TARGET_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(current)
+  if not version then version = tonumber(cjson.decode(current)['v']) end
+  if version >= tonumber(ARGV[1]) then return 0 end
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+else
+  redis.call('SET', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Position:
+    lat: float
+    lng: float
+    at: datetime
+
+
+@dataclass(frozen=True)
+class LocationUpdate:
+    """A `job:driver_location` due to a job's customer."""
+
+    customer_id: int
+    payload: dict[str, Any]
+
+
+def positions_key() -> str:
+    return settings.redis_key("drivers", "position")
+
+
+def target_key(driver_id: int) -> str:
+    return settings.redis_key("tracking", driver_id)
+
+
+def throttle_key(driver_id: int) -> str:
+    return settings.redis_key("tracking", driver_id, "throttle")
+
+
+def great_circle_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lng2 - lng1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _utc_z(epoch_s: float) -> str:
+    moment = datetime.fromtimestamp(epoch_s, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def record_position(
+    r: redis.Redis, driver_id: int, lat: float, lng: float
+) -> LocationUpdate | None:
+    """Store a driver's position (geo index, report time, exact last position) in one round
+    trip; returns the update their customer is due, if any."""
+    now = time.time()
+    target = r.eval(
+        _REPORT_SCRIPT,
+        5,
+        geo_key(),
+        seen_key(),
+        positions_key(),
+        target_key(driver_id),
+        throttle_key(driver_id),
+        lng,
+        indexable_lat(lat),
+        driver_id,
+        now,
+        f"{lat!r},{lng!r},{now!r}",
+        UPDATES_EVERY_MS,
+    )
+    if not target:
+        return None
+    goal = json.loads(target)
+    return LocationUpdate(
+        customer_id=goal["customer_id"],
+        payload={
+            "job_id": goal["job_id"],
+            "lat": lat,
+            "lng": lng,
+            "at": _utc_z(now),
+            "distance_km": round(great_circle_km(lat, lng, goal["lat"], goal["lng"]), 3),
+        },
+    )
+
+
+def _target(job: Job) -> dict[str, Any] | None:
+    """Where the driver is heading: the pickup until the job starts, then the dropoff (the
+    pickup again if it has none). None when the job is not being tracked."""
+    if job.status not in ON_JOB or job.driver_id is None:
+        return None
+    place = job.pickup
+    if job.status == JobStatus.in_progress and job.dropoff is not None:
+        place = job.dropoff
+    return {"job_id": job.id, "customer_id": job.customer_id, "lat": place.lat, "lng": place.lng}
+
+
+def sync_tracking(r: redis.Redis, job: Job, version: int, drivers: Sequence[int]) -> None:
+    """Point each of `drivers` (the job's driver now, and any it had before this change)
+    at what the job says now: its target while they are on it, nothing otherwise."""
+    goal = _target(job)
+    for driver_id in sorted(set(drivers)):
+        if goal is not None and driver_id == job.driver_id:
+            value, ttl = json.dumps({"v": version, **goal}), 0
+        else:
+            value, ttl = str(version), TOMBSTONE_TTL_S
+        r.eval(_SET_TARGET_SCRIPT, 1, target_key(driver_id), version, value, ttl)
+
+
+def _position(raw: str | bytes | None) -> Position | None:
+    if not raw:
+        return None
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    lat, lng, at = raw.split(",")
+    return Position(float(lat), float(lng), datetime.fromtimestamp(float(at), UTC))
+
+
+def tracked_positions(r: redis.Redis, jobs: Sequence[Job]) -> dict[int, Position]:
+    """The assigned driver's last position for each job on which a driver is working,
+    by job id (one Redis call for all of them, none when no job is tracked)."""
+    tracked = [j for j in jobs if j.status in ON_JOB and j.driver_id is not None]
+    if not tracked:
+        return {}
+    raw = r.hmget(positions_key(), [str(j.driver_id) for j in tracked])
+    found = {job.id: _position(value) for job, value in zip(tracked, raw, strict=True)}
+    return {job_id: where for job_id, where in found.items() if where is not None}
