@@ -206,11 +206,16 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
         driver_id=driver.id,
         accepted_at=now,
     )
-    offer = offer_of(session, job_id, driver.id)
+    # One SELECT, after the UPDATE: the offer, the job as it is now, and its people.
+    offer = session.scalar(
+        select(Offer)
+        .where(Offer.job_id == job_id, Offer.driver_id == driver.id)
+        .execution_options(populate_existing=True)
+    )
     if offer is None:
         raise NotFound("No such job.")
+    job = offer.job
     if row is None:
-        job = _fresh(session, job_id)
         last = last_step(session, job_id)
         if last is not None and last.type == EventType.accepted and last.actor_id == driver.id:
             return Step(job)
@@ -228,7 +233,7 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     event = record_event(
         session, job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
     )
-    return Step(_fresh(session, job_id), [event])
+    return Step(job, [event])
 
 
 def arrive_job(session: Session, driver: User, job_id: int) -> Step:

@@ -9,6 +9,7 @@ at once from the `dispatch` queue's worker; pushes are handed to the `push` queu
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -70,16 +71,43 @@ def _round_drivers(session: Session, job_id: int, round_: int) -> list[int]:
     )
 
 
-def offer_job(event_id: int) -> int | None:
+@dataclass(frozen=True)
+class OfferNotice:
+    """The `job:new` events an `offered` event owes, built from committed offers."""
+
+    event_id: int
+    job_id: int
+    offer_ids: list[int]
+    events: list[tuple[str, dict[str, Any], str]]
+
+
+def _notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
+    """`job:new` for each driver the `offered` event names who has not had it yet (all of
+    them, unless a worker died half-way); none once the job left that round."""
+    live = job.status == JobStatus.pending and job.offer_round == offered.data["round"]
+    offers = unnotified_offers(session, job, offered.data["drivers"]) if live else []
+    return OfferNotice(
+        offered.id,
+        job.id,
+        [offer.id for offer in offers],
+        [("job:new", as_json(OfferView.of(o)), driver_room(o.driver_id)) for o in offers],
+    )
+
+
+def offer_job(event_id: int) -> OfferNotice | None:
     """A `created` or `released` event: (for a release, `job:status` to the customer and the
-    releasing driver first, then) offer the round the event opened to the eligible
-    drivers. Returns the `offered` event to announce next, if anyone was offered it (an
-    `offered` event given here is returned as it is, to be announced)."""
+    releasing driver first, then) offer the round the event opened to the eligible drivers,
+    recording an `offered` event. An `offered` event (re-driven) is taken as it is.
+    Returns the `job:new` events owed, to `deliver_offers` once this has committed."""
     r = redis_connection()
     with session_scope() as session:
         event = _unannounced(session, event_id)
-        if event is None or event.type == EventType.offered:
-            return None if event is None else event.id
+        if event is None:
+            return None
+        if event.type == EventType.offered:
+            job = session.get(Job, event.job_id)
+            assert job is not None
+            return _notice(session, job, event)
         hold_announcements(session, event.job_id)
         job = session.scalar(
             select(Job)
@@ -94,34 +122,19 @@ def offer_job(event_id: int) -> int | None:
         if job.offer_round == event.data.get("round", 1):
             offered = offer_round(session, r, job)
         mark_announced(session, event.id, _push_within(event))
-        return offered.id if offered is not None else None
+        return _notice(session, job, offered) if offered is not None else None
 
 
-def announce_offers(event_id: int) -> bool:
-    """An `offered` event: `job:new` to each driver it names who has not had it yet (all of
-    them, unless a worker died half-way), then mark them. Returns whether pushes are owed."""
+def deliver_offers(notice: OfferNotice) -> bool:
+    """Send the `job:new` events (their offers are committed: a driver who accepts the
+    moment one arrives finds the offer), then mark the offers and the `offered` event.
+    Returns whether pushes are owed."""
+    emit_each(notice.events)
+    push_within = PUSH_DUE_S if notice.offer_ids else None
     with session_scope() as session:
-        event = _unannounced(session, event_id)
-        if event is None:
-            return False
-        job = session.get(Job, event.job_id)
-        assert job is not None
-        live = job.status == JobStatus.pending and job.offer_round == event.data["round"]
-        offers = unnotified_offers(session, job, event.data["drivers"]) if live else []
-        for offer in offers:
-            offer.job = job
-        events = [("job:new", as_json(OfferView.of(o)), driver_room(o.driver_id)) for o in offers]
-    # Committed first: a driver who accepts the moment the event arrives finds the offer.
-    emit_each(events)
-    with session_scope() as session:
-        mark_notified(session, [offer.id for offer in offers])
-        event = session.get(JobEvent, event_id)
-        assert event is not None
-        job = session.get(Job, event.job_id)
-        assert job is not None
-        push_within = _push_within(event) if live and offers else None
-        mark_announced(session, event_id, push_within)
-    log.info("job %s offered to %d drivers", job.id, len(offers))
+        mark_notified(session, notice.offer_ids)
+        mark_announced(session, notice.event_id, push_within)
+    log.info("job %s offered to %d drivers", notice.job_id, len(notice.offer_ids))
     return push_within is not None
 
 

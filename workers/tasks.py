@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
 from workers.apns import apns_enabled
 from workers.celery_app import app
-from workers.dispatch import announce_change, announce_offers, expire_jobs_now, offer_job
+from workers.dispatch import announce_change, deliver_offers, expire_jobs_now, offer_job
 from workers.enqueue import announce, enqueue_push
 from workers.notifications import PUSH_MAX_RETRIES, push_event
 from workers.relay import overdue_announcements, overdue_pushes
@@ -49,9 +49,9 @@ retried = {
 def notify_nearby(self: Task, event_id: int) -> None:
     """`created` / `released`: offer the round to the eligible drivers; `offered`: send
     them `job:new` (and queue their pushes)."""
-    offered = offer_job(event_id)
-    if offered is not None and announce_offers(offered):
-        enqueue_push(offered)
+    notice = offer_job(event_id)
+    if notice is not None and deliver_offers(notice):
+        enqueue_push(notice.event_id)
 
 
 @app.task(name="workers.tasks.notify_accepted", **retried)
