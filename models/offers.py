@@ -53,11 +53,11 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
     return list(session.scalars(stmt.returning(Offer.driver_id), rows))
 
 
-def round_driver_ids(session: Session, job: Job) -> list[int]:
-    """The drivers offered the job in its current round."""
+def round_driver_ids(session: Session, job_id: int, round_: int) -> list[int]:
+    """The drivers offered the job in that round (and not offered it again since)."""
     return list(
         session.scalars(
-            select(Offer.driver_id).where(Offer.job_id == job.id, Offer.round == job.offer_round)
+            select(Offer.driver_id).where(Offer.job_id == job_id, Offer.round == round_)
         )
     )
 

@@ -24,9 +24,9 @@ from models.job_events import (
     last_step,
     mark_announced,
 )
-from models.jobs import Job, JobStatus, Offer
+from models.jobs import Job, JobStatus
 from models.lifecycle import expire_due_jobs
-from models.offers import mark_notified, offer_round, unnotified_offers
+from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
 from models.schemas import JobView, OfferView, as_json, utc_z
 from models.tracking import sync_tracking, tracked_positions
 from workers.events import customer_room, driver_room, emit, emit_each
@@ -61,14 +61,6 @@ def _speak_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -
     version = max(event.id, last.id if last is not None else 0)
     drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
     sync_tracking(r, job, version, drivers)
-
-
-def _round_drivers(session: Session, job_id: int, round_: int) -> list[int]:
-    return list(
-        session.scalars(
-            select(Offer.driver_id).where(Offer.job_id == job_id, Offer.round == round_)
-        )
-    )
 
 
 @dataclass(frozen=True)
@@ -151,7 +143,9 @@ def announce_change(event_id: int) -> bool:
         job = session.get(Job, event.job_id, populate_existing=True)
         assert job is not None
         if event.type == EventType.accepted:
-            drivers = set(_round_drivers(session, job.id, event.data.get("round", job.offer_round)))
+            drivers = set(
+                round_driver_ids(session, job.id, event.data.get("round", job.offer_round))
+            )
             drivers.add(event.data["driver_id"])
             accepted = {"job_id": job.id, "accepted_at": utc_z(event.at)}
             emit("job:accepted", accepted, [driver_room(d) for d in sorted(drivers)])
@@ -172,7 +166,7 @@ def _removal(
     if event.type == EventType.declined:
         return {"job_id": job.id, "reason": "declined"}, [driver_room(event.data["driver_id"])]
     if event.type in (EventType.cancelled, EventType.expired):
-        drivers = _round_drivers(session, job.id, job.offer_round)
+        drivers = round_driver_ids(session, job.id, job.offer_round)
         return {"job_id": job.id, "reason": event.type}, [driver_room(d) for d in drivers]
     return None
 
