@@ -24,11 +24,19 @@ from tests.processes import (
     start_workers,
     wait_until,
 )
-from tests.sockets import Listener
+from tests.sockets import Listener, emit_until_seen
+from workers.events import emit
 
 pytestmark = pytest.mark.slow
 
 JS_DRIVER = PROJECT_ROOT / "tests" / "js" / "driver.mjs"
+# The driver's steps from accept to the end, and the status each leads to.
+JOURNEY = (
+    ("accept", "accepted"),
+    ("arrive", "arrived"),
+    ("start", "in_progress"),
+    ("complete", "completed"),
+)
 
 
 @dataclass
@@ -158,6 +166,57 @@ def test_a_cancelled_job_is_removed_from_every_feed(
     assert cancelled.status_code == 200
     for feed in feeds:
         assert feed.wait_for("job:removed") == [{"job_id": job["id"], "reason": "cancelled"}]
+
+
+def _listening(listener: Listener, room: str) -> None:
+    """Wait until the listener's gateway relays emits to it (it subscribes to Redis only
+    once its first client connects)."""
+    emit_until_seen(lambda: emit("ping:test", {}, [room]), listener, "ping:test")
+
+
+def test_a_job_is_carried_to_its_end_and_its_driver_takes_the_next(
+    stack: Stack, http_factory: Factory, connect, fake_apns: FakeAPNs
+) -> None:
+    factory, http = http_factory, stack.http
+    customer = factory.customer(name="Ines")
+    driver = factory.driver(name="Rui")
+    customer_phone = factory.device(customer)
+    driver_feed = connect(driver, gateway=0)
+    customer_feed = connect(customer, gateway=1)
+    _listening(driver_feed, f"driver:{driver.id}")
+    _listening(customer_feed, f"customer:{customer.id}")
+    dropoff = north_of(ORIGIN, 3)
+    job = factory.job(customer, dropoff={"lat": dropoff[0], "lng": dropoff[1]})
+    [offer] = driver_feed.wait_for("job:new")
+    assert offer["job"]["id"] == job["id"]
+
+    for n, (step, status) in enumerate(JOURNEY, 1):
+        answer = http.post(f"/api/v1/jobs/{job['id']}/{step}", headers=driver.headers)
+        assert answer.status_code == 200 and answer.json["status"] == status, answer.json
+        for feed in (customer_feed, driver_feed):
+            latest = feed.wait_for("job:status", count=n)[-1]
+            assert (latest["id"], latest["status"]) == (job["id"], status)
+            assert latest["driver"] == {"id": driver.id, "name": "Rui"}
+    statuses = [status for _, status in JOURNEY]
+    for feed in (customer_feed, driver_feed):
+        assert [s["status"] for s in feed.got("job:status")] == statuses
+    [done] = customer_feed.got("job:status")[-1:]
+    assert done["completed_at"] is not None and done["driver_location"] is None
+    assert customer_feed.got("job:new") == [] and driver_feed.got("job:removed") == []
+    wait_until(lambda: len(fake_apns.received(customer_phone)) == 3, 15, "the customer's pushes")
+    titles = [p.payload["aps"]["alert"]["title"] for p in fake_apns.received(customer_phone)]
+    assert titles == ["Driver on the way", "Your driver is here", "Job complete"]
+    me = http.get("/api/v1/drivers/me", headers=driver.headers)
+    assert me.status_code == 200 and me.json["current_job"] is None
+
+    second = factory.job(customer)
+    offers = driver_feed.wait_for("job:new", count=2)
+    assert [o["job"]["id"] for o in offers] == [job["id"], second["id"]]
+    taken = http.post(f"/api/v1/jobs/{second['id']}/accept", headers=driver.headers)
+    assert taken.status_code == 200 and taken.json["driver"] == {"id": driver.id, "name": "Rui"}
+    latest = customer_feed.wait_for("job:status", count=len(JOURNEY) + 1)[-1]
+    assert (latest["id"], latest["status"]) == (second["id"], "accepted")
+    assert driver_feed.wait_for("job:accepted", count=2)[-1]["job_id"] == second["id"]
 
 
 def test_the_official_javascript_client_speaks_to_the_gateway(
