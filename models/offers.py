@@ -54,10 +54,13 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
 
 
 def round_driver_ids(session: Session, job_id: int, round_: int) -> list[int]:
-    """The drivers offered the job in that round (and not offered it again since)."""
+    """The drivers offered the job in that round (and not offered it again since) who still
+    have it in their feed (not declined)."""
     return list(
         session.scalars(
-            select(Offer.driver_id).where(Offer.job_id == job_id, Offer.round == round_)
+            select(Offer.driver_id).where(
+                Offer.job_id == job_id, Offer.round == round_, Offer.closed_at.is_(None)
+            )
         )
     )
 

@@ -86,20 +86,21 @@ def _notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
     )
 
 
-def offer_job(event_id: int) -> OfferNotice | None:
+def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
     """A `created` or `released` event: (for a release, `job:status` to the customer and the
     releasing driver first, then) offer the round the event opened to the eligible drivers,
     recording an `offered` event. An `offered` event (re-driven) is taken as it is.
-    Returns the `job:new` events owed, to `deliver_offers` once this has committed."""
+    Returns the `job:new` events owed, to `deliver_offers` once this has committed, and
+    whether the event itself owes a push (a release: the customer's)."""
     r = redis_connection()
     with session_scope() as session:
         event = _unannounced(session, event_id)
         if event is None:
-            return None
+            return None, False
         if event.type == EventType.offered:
             job = session.get(Job, event.job_id)
             assert job is not None
-            return _notice(session, job, event)
+            return _notice(session, job, event), False
         hold_announcements(session, event.job_id)
         job = session.scalar(
             select(Job)
@@ -113,8 +114,10 @@ def offer_job(event_id: int) -> OfferNotice | None:
         offered = None
         if job.offer_round == event.data.get("round", 1):
             offered = offer_round(session, r, job)
-        mark_announced(session, event.id, _push_within(event))
-        return _notice(session, job, offered) if offered is not None else None
+        push_within = _push_within(event)
+        mark_announced(session, event.id, push_within)
+        notice = _notice(session, job, offered) if offered is not None else None
+        return notice, push_within is not None
 
 
 def deliver_offers(notice: OfferNotice) -> bool:

@@ -49,7 +49,9 @@ retried = {
 def notify_nearby(self: Task, event_id: int) -> None:
     """`created` / `released`: offer the round to the eligible drivers; `offered`: send
     them `job:new` (and queue their pushes)."""
-    notice = offer_job(event_id)
+    notice, push_owed = offer_job(event_id)
+    if push_owed:
+        enqueue_push(event_id)  # a release: "Finding you another driver"
     if notice is not None and deliver_offers(notice):
         enqueue_push(notice.event_id)
 
