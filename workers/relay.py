@@ -7,7 +7,7 @@ from models.db import redis_connection, session_scope
 from models.job_events import overdue_push_event_ids, unannounced_events
 from settings import settings
 
-RELAY_HOLD_S = 10
+RELAY_HOLD_S = 5  # short: a re-driven copy lost with a second dying worker is sent again soon
 RELAY_BATCH = 500
 
 
