@@ -29,9 +29,35 @@ CONTRACT = {
     ("post", "/jobs"): ({"201"}, {"401", "403", "422"}),
     ("get", "/jobs/{job_id}"): ({"200"}, {"401", "404"}),
     ("get", "/jobs"): ({"200"}, {"401", "403", "422"}),
-    ("post", "/jobs/{job_id}/accept"): ({"200"}, {"401", "404", "409"}),
-    ("post", "/jobs/{job_id}/cancel"): ({"200"}, {"401", "404", "409"}),
+    ("post", "/jobs/{job_id}/accept"): ({"200"}, {"401", "403", "404", "409"}),
+    ("post", "/jobs/{job_id}/cancel"): ({"200"}, {"401", "403", "404", "409", "422"}),
+    # v1.1
+    ("post", "/jobs/{job_id}/arrive"): ({"200"}, {"401", "403", "404", "409"}),
+    ("post", "/jobs/{job_id}/start"): ({"200"}, {"401", "403", "404", "409"}),
+    ("post", "/jobs/{job_id}/complete"): ({"200"}, {"401", "403", "404", "409"}),
+    ("post", "/jobs/{job_id}/release"): ({"200"}, {"401", "403", "404", "409"}),
+    ("post", "/jobs/{job_id}/decline"): ({"204"}, {"401", "403", "404", "409"}),
+    ("get", "/jobs/{job_id}/events"): ({"200"}, {"401", "404"}),
+    ("get", "/drivers/me"): ({"200"}, {"401", "403"}),
+    ("get", "/drivers/me/jobs"): ({"200"}, {"401", "403", "422"}),
 }
+# Who may call each endpoint with a role ("Allowed roles: …" in its description).
+ROLES = {
+    ("post", "/jobs/{job_id}/accept"): "driver",
+    ("post", "/jobs/{job_id}/arrive"): "driver",
+    ("post", "/jobs/{job_id}/start"): "driver",
+    ("post", "/jobs/{job_id}/complete"): "driver",
+    ("post", "/jobs/{job_id}/release"): "driver",
+    ("post", "/jobs/{job_id}/decline"): "driver",
+    ("post", "/jobs/{job_id}/cancel"): "customer",
+    ("get", "/drivers/me"): "driver",
+    ("get", "/drivers/me/jobs"): "driver",
+    ("get", "/drivers/me/offers"): "driver",
+    ("get", "/jobs"): "customer",
+    ("post", "/jobs"): "customer",
+}
+# The steps of a job's life: each answers the Job.
+STEPS = ("accept", "arrive", "start", "complete", "release", "cancel")
 # (method, path) -> (the body's properties, the required ones)
 BODIES = {
     ("post", "/auth/register"): ({"role", "email", "password", "name"},) * 2,
@@ -143,6 +169,10 @@ def test_each_operation_answers_as_the_contract_says(
     error_body = document["components"]["schemas"]["ErrorBody"]
     for status in errors:
         assert _json_schema(document, op["responses"][status]) == error_body, status
+    for status in successes - {"204"}:
+        assert list(op["responses"][status]["content"]) == ["application/json"], status
+    if "204" in successes:
+        assert "content" not in op["responses"]["204"]  # no body
     signed_in = path not in ("/auth/register", "/auth/login")
     assert (op.get("security") == [{"bearer": []}]) is signed_in
 
@@ -215,6 +245,101 @@ def test_the_answers_have_the_contracts_shapes(document: dict[str, Any]) -> None
     error = _schema(document, document["components"]["schemas"]["ErrorBody"]["properties"]["error"])
     assert set(error["properties"]) == {"code", "message", "fields"}
     assert set(error["required"]) == {"code", "message"}
+
+
+def _nullable(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The component behind `anyOf: [{$ref}, {type: null}]`: a shape or null."""
+    ref, null = schema["anyOf"]
+    assert null == {"type": "null"}, schema
+    return _schema(document, ref)
+
+
+def test_every_step_answers_the_job(document: dict[str, Any]) -> None:
+    ops = document["paths"]
+    job = _json_schema(document, ops[f"{API}/jobs/{{job_id}}"]["get"]["responses"]["200"])
+    for step in STEPS:
+        answer = ops[f"{API}/jobs/{{job_id}}/{step}"]["post"]["responses"]["200"]
+        assert _json_schema(document, answer) == job, step
+    for step in ("arrive", "start", "complete", "release", "decline"):
+        assert "requestBody" not in ops[f"{API}/jobs/{{job_id}}/{step}"]["post"], step
+
+
+def test_the_job_has_the_v1_1_fields(document: dict[str, Any]) -> None:
+    job = _json_schema(
+        document, document["paths"][f"{API}/jobs/{{job_id}}"]["get"]["responses"]["200"]
+    )
+    assert list(job["properties"]) == list(JOB_FIELDS)
+    assert set(job["required"]) == JOB_KEYS  # null is written out, never left out
+    statuses = [
+        "pending",
+        "accepted",
+        "arrived",
+        "in_progress",
+        "completed",
+        "cancelled",
+        "expired",
+    ]
+    assert job["properties"]["status"]["enum"] == statuses
+    for stamp in ("arrived_at", "started_at", "completed_at", "cancelled_at"):
+        types = [option.get("type") for option in job["properties"][stamp]["anyOf"]]
+        assert types == ["string", "null"], stamp
+    assert job["properties"]["cancelled_by"]["enum"] == ["customer", None]
+    location = _nullable(document, job["properties"]["driver_location"])
+    assert list(location["properties"]) == ["lat", "lng", "at"]
+    assert set(location["required"]) == {"lat", "lng", "at"}
+
+
+def test_the_v1_1_answers_have_the_contracts_shapes(document: dict[str, Any]) -> None:
+    ops = document["paths"]
+
+    def answer(path: str) -> dict[str, Any]:
+        return _json_schema(document, ops[API + path]["get"]["responses"]["200"])
+
+    job = answer("/jobs/{job_id}")
+    me = answer("/drivers/me")
+    assert list(me["properties"]) == ["id", "name", "online", "approved", "current_job"]
+    assert _nullable(document, me["properties"]["current_job"]) == job
+    held = answer("/drivers/me/jobs")
+    assert list(held["properties"]) == ["jobs"]
+    assert _schema(document, held["properties"]["jobs"]["items"]) == job
+
+    events = answer("/jobs/{job_id}/events")
+    assert list(events["properties"]) == ["events"]
+    event = _schema(document, events["properties"]["events"]["items"])
+    assert list(event["properties"]) == ["type", "at", "actor", "count", "reason"]
+    assert event["properties"]["type"]["enum"] == [
+        "created",
+        "offered",
+        "accepted",
+        "arrived",
+        "started",
+        "completed",
+        "released",
+        "declined",
+        "cancelled",
+        "expired",
+    ]
+    actor = _nullable(document, event["properties"]["actor"])
+    assert set(actor["properties"]) == {"id", "role"} == set(actor["required"])
+
+
+def test_drivers_jobs_filter_by_the_same_statuses_as_jobs(document: dict[str, Any]) -> None:
+    ops = document["paths"]
+
+    def query(path: str) -> list[dict[str, Any]]:
+        return [p for p in ops[API + path]["get"]["parameters"] if p["in"] == "query"]
+
+    [status] = query("/drivers/me/jobs")
+    assert status["name"] == "status" and status["required"] is False
+    assert query("/drivers/me/jobs") == query("/jobs")
+
+
+@pytest.mark.parametrize(("method", "path"), list(ROLES))
+def test_each_endpoint_for_one_role_names_it(
+    document: dict[str, Any], method: str, path: str
+) -> None:
+    op = document["paths"][API + path][method]
+    assert op["description"] == f"Allowed roles: {ROLES[(method, path)]}."
 
 
 def test_the_docs_page_is_html_and_shows_every_path(
