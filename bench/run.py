@@ -17,7 +17,7 @@ import redis
 
 from tests.processes import run_admin_sql
 
-BENCHMARKS = ["dispatch", "accept", "push", "nearby", "gateway", "booking"]
+BENCHMARKS = ["dispatch", "accept", "push", "nearby", "gateway", "booking", "location"]
 HERE = Path(__file__).resolve().parent
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
