@@ -184,9 +184,12 @@ def _drivers_step(
 
 
 def _saw_it(session: Session, user: User, job: Job) -> bool:
-    """Whether the user may know the job exists (so a refusal may be a 403, not a 404)."""
+    """Whether the user may see the job (`job_for_user`'s rule), so that a refusal may be a
+    403, not a 404."""
     if job.customer_id == user.id:
         return True
+    if job.status != JobStatus.pending:
+        return False
     offer = offer_of(session, job.id, user.id)
     return offer is not None and offer.is_open_in(job)
 
