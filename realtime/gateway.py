@@ -13,6 +13,7 @@ from typing import Any
 import redis
 import socketio
 from pydantic import ValidationError
+from redis import asyncio as aioredis
 
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
@@ -25,10 +26,30 @@ from workers.events import customer_room, driver_room, socketio_channel
 log = logging.getLogger(__name__)
 
 
+PUBLISH_CONNECTIONS = 16
+
+
+class BoundedRedisManager(socketio.AsyncRedisManager):
+    """python-socketio's Redis manager on a bounded pool. Its own opens a connection for
+    every publish in flight (397 of them under 2,000 position reports a second); here a
+    publish waits for one of PUBLISH_CONNECTIONS instead (the subscriber holds one)."""
+
+    redis_url: str
+    redis_options: dict[str, Any]
+
+    def _redis_connect(self) -> None:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.redis_url, max_connections=PUBLISH_CONNECTIONS, timeout=5, **self.redis_options
+        )
+        self.redis = aioredis.Redis(connection_pool=pool)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.connected = True
+
+
 def _client_manager() -> socketio.AsyncRedisManager:
     # No read timeout on the subscriber (redis-py's default would drop it when idle);
     # keepalive and health checks notice a dead connection instead.
-    return socketio.AsyncRedisManager(
+    return BoundedRedisManager(
         settings.redis_url,
         channel=socketio_channel(),
         redis_options={
