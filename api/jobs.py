@@ -62,7 +62,7 @@ def _step(job_id: int, role: str, step: Callable[[Session, User, int], Step]) ->
     for a retry, the same job again with nothing announced."""
     with session_scope() as session:
         done = step(session, signed_in(session, role), job_id)
-        announce_after_commit(session, done.events)
+        announce_after_commit(session, done)
         view = _view(done.job)
     return jsonify(as_json(view))
 
@@ -93,7 +93,7 @@ def create() -> tuple[Response, int]:
             body.notes,
             _idempotency_key(),
         )
-        announce_after_commit(session, done.events)
+        announce_after_commit(session, done)
         view = JobView.of(done.job) if done.events else _view(done.job)
     return _job(view, 201 if done.events else 200)
 
@@ -230,7 +230,7 @@ def release(job_id: int) -> Response:
 def decline(job_id: int) -> tuple[str, int]:
     with session_scope() as session:
         done = decline_job(session, signed_in(session, "driver"), job_id)
-        announce_after_commit(session, done.events)
+        announce_after_commit(session, done)
     return "", 204
 
 
@@ -250,6 +250,6 @@ def cancel(job_id: int) -> Response:
         customer = signed_in(session, "customer")
         body = optional_body(CancelBody)
         done = cancel_job(session, customer, job_id, body.reason)
-        announce_after_commit(session, done.events)
+        announce_after_commit(session, done)
         view = _view(done.job)
     return jsonify(as_json(view))

@@ -304,13 +304,16 @@ def release_job(session: Session, driver: User, job_id: int) -> Step:
 
 def _close_offer(
     session: Session, job_id: int, driver_id: int, reason: OfferClosed, now: datetime
-) -> None:
-    session.execute(
+) -> bool:
+    """Close the driver's open offer; whether this call closed it (a concurrent copy of the
+    step may have: this UPDATE then waited for it and matched nothing)."""
+    closed = session.execute(
         update(Offer)
         .where(Offer.job_id == job_id, Offer.driver_id == driver_id, Offer.closed_at.is_(None))
         .values(closed_at=now, closed_reason=reason.value)
         .execution_options(synchronize_session=False)
     )
+    return bool(closed.rowcount)  # type: ignore[attr-defined]
 
 
 def decline_job(session: Session, driver: User, job_id: int) -> Step:
@@ -333,7 +336,8 @@ def decline_job(session: Session, driver: User, job_id: int) -> Step:
         raise NotFound("No such job.")
     if job.status != JobStatus.pending or job.expires_at <= now:
         raise Conflict(f"The job is {job.status}; it cannot be declined.")
-    _close_offer(session, job_id, driver.id, OfferClosed.declined, now)
+    if not _close_offer(session, job_id, driver.id, OfferClosed.declined, now):
+        return Step(job)  # a copy of this decline sent at the same time closed it first
     event = record_event(session, job_id, EventType.declined, driver, now, driver_id=driver.id)
     return Step(job, [event])
 

@@ -55,12 +55,12 @@ def _status_rooms(job: Job, event: JobEvent) -> list[str]:
 
 def _speak_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -> None:
     """`job:status` with the job as it is now, and the tracking targets to match."""
-    view = JobView.of(job, tracked_positions(r, [job]).get(job.id))
-    emit("job:status", as_json(view), _status_rooms(job, event))
     last = last_step(session, job.id)
     version = max(event.id, last.id if last is not None else 0)
     drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
-    sync_tracking(r, job, version, drivers)
+    sync_tracking(r, job, version, drivers)  # first: no update may follow a final status
+    view = JobView.of(job, tracked_positions(r, [job]).get(job.id))
+    emit("job:status", as_json(view), _status_rooms(job, event))
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,11 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
-from models.db import after_commit
+from models.db import after_commit, redis_connection
 from models.job_events import EventType, JobEvent
+from models.jobs import Job
+from models.lifecycle import Step
+from models.tracking import sync_tracking
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,17 @@ TASK_FOR_EVENT = {
     EventType.expired: "notify_removed",
     EventType.declined: "notify_removed",
 }
+
+
+# The changes that start, move or end a driver's tracking.
+TRACKED_STEPS = (
+    EventType.accepted,
+    EventType.arrived,
+    EventType.started,
+    EventType.completed,
+    EventType.released,
+    EventType.cancelled,
+)
 
 
 def enqueue(task: str, event_id: int) -> bool:
@@ -57,8 +71,29 @@ def enqueue_push(event_id: int) -> bool:
     return enqueue("send_push", event_id)  # routed to the `push` queue
 
 
-def announce_after_commit(session: Session, events: Sequence[JobEvent]) -> None:
-    """Announce the events once the transaction that wrote them has committed."""
-    if events:
-        pairs = [(event.id, event.type) for event in events]
-        after_commit(session, lambda: announce(pairs))
+def _retarget(job: Job, event: JobEvent) -> None:
+    """Point the tracking targets at the job as the step left it, so that no position
+    reported after the answer reaches a customer it no longer concerns. The announcement
+    writes the same (versioned: the newer write wins), so a failure here costs seconds."""
+    if event.type not in TRACKED_STEPS:
+        return
+    drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
+    try:
+        sync_tracking(redis_connection(), job, event.id, drivers)
+    except RedisError as exc:
+        log.warning("tracking for job %s left to its announcement: %s", job.id, exc)
+
+
+def announce_after_commit(session: Session, done: Step) -> None:
+    """Once the step's transaction has committed: retarget the tracking, and hand each of
+    its events to the task that announces it."""
+    if not done.events:
+        return
+    job, last = done.job, done.events[-1]
+    pairs = [(event.id, event.type) for event in done.events]
+
+    def committed() -> None:
+        _retarget(job, last)
+        announce(pairs)
+
+    after_commit(session, committed)
