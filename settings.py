@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         default=0.5, gt=0, validation_alias="BROKER_PUBLISH_TIMEOUT_S"
     )
 
+    # Where the web, gateway and Flower processes listen: loopback unless a deployment
+    # (behind its load balancer) says otherwise.
+    bind_host: str = Field(default="127.0.0.1", validation_alias="BIND_HOST")
     api_port: int = Field(default=8000, validation_alias="API_PORT")
     realtime_port: int = Field(default=8001, validation_alias="REALTIME_PORT")
     flower_port: int = Field(default=5555, validation_alias="FLOWER_PORT")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import redis
-from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, lazyload
 
 from models.accounts import User
@@ -15,6 +15,22 @@ from models.errors import Forbidden
 from models.job_events import EventType, JobEvent, record_event
 from models.jobs import Job, JobStatus, Offer
 from models.positions import Candidate, eligible_drivers
+
+# The upsert of one round's offers as one statement with array parameters: compiled and
+# planned once, whatever the number of drivers (a multi-row VALUES is compiled per call).
+_OFFER_ROUND_SQL = text(
+    """
+    INSERT INTO offers (job_id, driver_id, distance_km, offered_at, round)
+    SELECT :job_id, candidate.driver_id, candidate.distance_km, :offered_at, :round
+    FROM unnest(CAST(:driver_ids AS integer[]), CAST(:distances AS double precision[]))
+         AS candidate (driver_id, distance_km)
+    ON CONFLICT (job_id, driver_id) DO UPDATE
+    SET round = excluded.round, distance_km = excluded.distance_km,
+        offered_at = excluded.offered_at, notified_at = NULL
+    WHERE offers.round < excluded.round AND offers.closed_at IS NULL
+    RETURNING driver_id
+    """
+)
 
 
 def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[int]:
@@ -25,20 +41,30 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
     if not candidates:
         return []
     now = utcnow()
-    rows = [
-        {
-            "job_id": job.id,
-            "driver_id": c.driver_id,
-            "distance_km": c.distance_km,
-            "offered_at": now,
-            "round": job.offer_round,
-        }
-        for c in candidates
-    ]
-    insert = (
-        postgresql.insert(Offer)
-        if session.get_bind().dialect.name == "postgresql"
-        else sqlite.insert(Offer)
+    if session.get_bind().dialect.name == "postgresql":
+        return list(
+            session.scalars(
+                _OFFER_ROUND_SQL,
+                {
+                    "job_id": job.id,
+                    "offered_at": now,
+                    "round": job.offer_round,
+                    "driver_ids": [c.driver_id for c in candidates],
+                    "distances": [c.distance_km for c in candidates],
+                },
+            )
+        )
+    insert = sqlite.insert(Offer).values(
+        [
+            {
+                "job_id": job.id,
+                "driver_id": c.driver_id,
+                "distance_km": c.distance_km,
+                "offered_at": now,
+                "round": job.offer_round,
+            }
+            for c in candidates
+        ]
     )
     stmt = insert.on_conflict_do_update(
         index_elements=["job_id", "driver_id"],
@@ -50,7 +76,7 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
         },
         where=(Offer.round < insert.excluded.round) & Offer.closed_at.is_(None),
     )
-    return list(session.scalars(stmt.returning(Offer.driver_id), rows))
+    return list(session.scalars(stmt.returning(Offer.driver_id)))
 
 
 def round_driver_ids(session: Session, job_id: int, round_: int) -> list[int]:

@@ -149,9 +149,11 @@ class OfferView(BaseModel):
     offered_at: UTCTime
 
     @classmethod
-    def of(cls, offer: Offer) -> OfferView:
+    def of(cls, offer: Offer, job: JobView | None = None) -> OfferView:
+        """The offer as drivers see it; `job`, when given, is its job's view, built once
+        for a fan-out to many drivers."""
         return cls(
-            job=JobView.of(offer.job),
+            job=job if job is not None else JobView.of(offer.job),
             distance_km=round(offer.distance_km, 3),
             offered_at=offer.offered_at,
         )

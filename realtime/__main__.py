@@ -17,7 +17,7 @@ def main() -> None:
     gc.set_threshold(700, 10, 1000)
     uvicorn.run(
         "realtime.gateway:app",
-        host="0.0.0.0",
+        host=settings.bind_host,
         port=settings.realtime_port,
         ws="wsproto",
         # permessage-deflate keeps a zlib state of ~256 KiB per connection; the events are

@@ -29,6 +29,7 @@ from models.lifecycle import expire_due_jobs
 from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
 from models.schemas import JobView, OfferView, as_json, utc_z
 from models.tracking import sync_tracking, tracked_positions
+from workers.apns import apns_enabled
 from workers.events import customer_room, driver_room, emit, emit_each
 from workers.notifications import PUSH_DUE_S, has_push
 
@@ -44,7 +45,9 @@ def _unannounced(session: Session, event_id: int) -> JobEvent | None:
 
 
 def _push_within(event: JobEvent) -> float | None:
-    return PUSH_DUE_S if has_push(event) else None
+    """When the event's pushes are due; None if it has none (or APNs is not configured:
+    then pushes are skipped, as the worker warned at start)."""
+    return PUSH_DUE_S if has_push(event) and apns_enabled() else None
 
 
 def _status_rooms(job: Job, event: JobEvent) -> list[str]:
@@ -78,11 +81,12 @@ def _notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
     them, unless a worker died half-way); none once the job left that round."""
     live = job.status == JobStatus.pending and job.offer_round == offered.data["round"]
     offers = unnotified_offers(session, job, offered.data["drivers"]) if live else []
+    view = JobView.of(job)
     return OfferNotice(
         offered.id,
         job.id,
         [offer.id for offer in offers],
-        [("job:new", as_json(OfferView.of(o)), driver_room(o.driver_id)) for o in offers],
+        [("job:new", as_json(OfferView.of(o, view)), driver_room(o.driver_id)) for o in offers],
     )
 
 
@@ -101,7 +105,8 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
             job = session.get(Job, event.job_id)
             assert job is not None
             return _notice(session, job, event), False
-        hold_announcements(session, event.job_id)
+        if event.type == EventType.released:
+            hold_announcements(session, event.job_id)  # nothing precedes a `created`
         job = session.scalar(
             select(Job)
             .where(Job.id == event.job_id)
@@ -125,7 +130,7 @@ def deliver_offers(notice: OfferNotice) -> bool:
     moment one arrives finds the offer), then mark the offers and the `offered` event.
     Returns whether pushes are owed."""
     emit_each(notice.events)
-    push_within = PUSH_DUE_S if notice.offer_ids else None
+    push_within = PUSH_DUE_S if notice.offer_ids and apns_enabled() else None
     with session_scope() as session:
         mark_notified(session, notice.offer_ids)
         mark_announced(session, notice.event_id, push_within)
