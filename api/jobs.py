@@ -63,8 +63,7 @@ def _step(job_id: int, role: str, step: Callable[[Session, User, int], Step]) ->
     with session_scope() as session:
         done = step(session, signed_in(session, role), job_id)
         announce_after_commit(session, done)
-        view = _view(done.job)
-    return jsonify(as_json(view))
+    return jsonify(as_json(_view(done.job)))  # after commit: no lock held for Redis
 
 
 @bp.post("")
@@ -251,5 +250,4 @@ def cancel(job_id: int) -> Response:
         body = optional_body(CancelBody)
         done = cancel_job(session, customer, job_id, body.reason)
         announce_after_commit(session, done)
-        view = _view(done.job)
-    return jsonify(as_json(view))
+    return jsonify(as_json(_view(done.job)))

@@ -18,7 +18,9 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     func,
+    insert,
     select,
     text,
     update,
@@ -105,17 +107,24 @@ def record_event(
     at: datetime,
     **data: Any,
 ) -> JobEvent:
-    event = JobEvent(
-        job_id=job_id,
-        type=type_.value,
-        at=at,
-        actor_id=actor.id if actor else None,
-        actor_role=actor.role if actor else None,
-        data=data,
-    )
-    session.add(event)
-    session.flush()
-    return event
+    """Write the event row in the caller's transaction. One INSERT … RETURNING on the table
+    (not a unit-of-work flush, which costs about a millisecond more); the event returned is
+    not attached to the session."""
+    values: dict[str, Any] = {
+        "job_id": job_id,
+        "type": type_.value,
+        "at": at,
+        "actor_id": actor.id if actor else None,
+        "actor_role": actor.role if actor else None,
+        "data": data,
+        "push_attempts": 0,
+    }
+    table = JobEvent.__table__
+    assert isinstance(table, Table)
+    event_id = session.connection().execute(
+        insert(table).values(**values).returning(table.c.id)
+    ).scalar_one()
+    return JobEvent(id=event_id, **values)
 
 
 def last_step(session: Session, job_id: int) -> JobEvent | None:

@@ -219,8 +219,9 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
         raise NotFound("No such job.")
     job = offer.job
     if row is None:
-        last = last_step(session, job_id)
-        if last is not None and last.type == EventType.accepted and last.actor_id == driver.id:
+        # Accepted and theirs: nothing else leaves it so (a later step changes the status,
+        # a release closes their offer), so this is their retry.
+        if job.status == JobStatus.accepted and job.driver_id == driver.id:
             return Step(job)
         raise JobNotAvailable()
     if offer.round != row.offer_round or offer.closed_at is not None:

@@ -98,22 +98,21 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
     whether the event itself owes a push (a release: the customer's)."""
     r = redis_connection()
     with session_scope() as session:
-        event = _unannounced(session, event_id)
-        if event is None:
+        # The event and its job in one read; the job under a share lock, so that no step
+        # changes it while its offers are made.
+        found = session.execute(
+            select(JobEvent, Job)
+            .join(Job, Job.id == JobEvent.job_id)
+            .where(JobEvent.id == event_id)
+            .with_for_update(read=True, of=Job)
+        ).first()
+        if found is None or found.JobEvent.announced_at is not None:
             return None, False
+        event, job = found.JobEvent, found.Job
         if event.type == EventType.offered:
-            job = session.get(Job, event.job_id)
-            assert job is not None
             return _notice(session, job, event), False
         if event.type == EventType.released:
             hold_announcements(session, event.job_id)  # nothing precedes a `created`
-        job = session.scalar(
-            select(Job)
-            .where(Job.id == event.job_id)
-            .with_for_update(read=True, of=Job)  # no step changes it while offers are made
-            .execution_options(populate_existing=True)
-        )
-        assert job is not None
         if event.type == EventType.released:
             _speak_status(session, r, job, event)
         offered = None
