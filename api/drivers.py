@@ -24,7 +24,6 @@ from models.errors import ServiceUnavailable
 from models.jobs import JobStatus, current_job, driver_jobs
 from models.offers import driver_feed
 from models.schemas import OfferView, as_json, job_views
-from models.tracking import tracked_positions
 from workers.events import customer_room, emit
 
 bp = Blueprint("drivers", __name__, url_prefix="/drivers/me")
@@ -44,7 +43,7 @@ def me() -> Response:
         driver = signed_in(session, "driver")
         profile = driver_profile(driver)
         job = current_job(session, driver)
-        on_job = job_views([job], tracked_positions(redis_connection(), [job]))[0] if job else None
+        on_job = job_views(redis_connection(), [job])[0] if job else None
         answer = DriverAnswer(
             id=driver.id,
             name=driver.name,
@@ -71,7 +70,7 @@ def jobs() -> Response:
         query = validated_query(JobsQuery)
         status = JobStatus(query.status) if query.status else None
         held = driver_jobs(session, driver, status)
-        answer = JobsAnswer(jobs=job_views(held, tracked_positions(redis_connection(), held)))
+        answer = JobsAnswer(jobs=job_views(redis_connection(), held))
     return jsonify(as_json(answer))
 
 

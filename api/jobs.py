@@ -30,7 +30,6 @@ from models.lifecycle import (
     start_job,
 )
 from models.schemas import JobEventView, JobView, as_json, job_views
-from models.tracking import tracked_positions
 from workers.enqueue import announce_after_commit
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -49,7 +48,7 @@ def _idempotency_key() -> str | None:
 
 
 def _view(job: Job) -> JobView:
-    [view] = job_views([job], tracked_positions(redis_connection(), [job]))
+    [view] = job_views(redis_connection(), [job])
     return view
 
 
@@ -128,7 +127,7 @@ def list_jobs() -> Response:
         query = validated_query(JobsQuery)
         status = JobStatus(query.status) if query.status else None
         jobs = customer_jobs(session, customer, status)
-        answer = JobsAnswer(jobs=job_views(jobs, tracked_positions(redis_connection(), jobs)))
+        answer = JobsAnswer(jobs=job_views(redis_connection(), jobs))
     return jsonify(as_json(answer))
 
 

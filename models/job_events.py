@@ -121,9 +121,11 @@ def record_event(
     }
     table = JobEvent.__table__
     assert isinstance(table, Table)
-    event_id = session.connection().execute(
-        insert(table).values(**values).returning(table.c.id)
-    ).scalar_one()
+    event_id = (
+        session.connection()
+        .execute(insert(table).values(**values).returning(table.c.id))
+        .scalar_one()
+    )
     return JobEvent(id=event_id, **values)
 
 

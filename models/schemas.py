@@ -7,6 +7,7 @@ import math
 from datetime import datetime
 from typing import Annotated, Any
 
+import redis
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -20,7 +21,7 @@ from pydantic import (
 from models.accounts import User
 from models.job_events import EventType, JobEvent
 from models.jobs import Job, JobStatus, Offer, Place
-from models.tracking import Position
+from models.tracking import Position, tracked_positions
 
 
 def _finite(value: float) -> float:
@@ -139,7 +140,10 @@ class JobView(BaseModel):
         )
 
 
-def job_views(jobs: list[Job], positions: dict[int, Position]) -> list[JobView]:
+def job_views(r: redis.Redis, jobs: list[Job]) -> list[JobView]:
+    """The jobs as clients see them, each with its driver's last position while tracked
+    (one Redis call for all of them, none when no job is tracked)."""
+    positions = tracked_positions(r, jobs)
     return [JobView.of(job, positions.get(job.id)) for job in jobs]
 
 

@@ -27,8 +27,8 @@ from models.job_events import (
 from models.jobs import Job, JobStatus
 from models.lifecycle import expire_due_jobs
 from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
-from models.schemas import JobView, OfferView, as_json, utc_z
-from models.tracking import sync_tracking, tracked_positions
+from models.schemas import JobView, OfferView, as_json, job_views, utc_z
+from models.tracking import sync_tracking
 from workers.apns import apns_enabled
 from workers.events import customer_room, driver_room, emit, emit_each
 from workers.notifications import PUSH_DUE_S, has_push
@@ -62,7 +62,7 @@ def _speak_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -
     version = max(event.id, last.id if last is not None else 0)
     drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
     sync_tracking(r, job, version, drivers)  # first: no update may follow a final status
-    view = JobView.of(job, tracked_positions(r, [job]).get(job.id))
+    [view] = job_views(r, [job])
     emit("job:status", as_json(view), _status_rooms(job, event))
 
 
