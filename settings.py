@@ -56,6 +56,21 @@ class Settings(BaseSettings):
     apns_port: int = Field(default=443, validation_alias="APNS_PORT")
     apns_ca_file: str = Field(default="", validation_alias="APNS_CA_FILE")
 
+    # The Socket.IO gateway. ALLOWED_ORIGINS: the browser origins (comma separated) it
+    # accepts; none by default, since the apps are native (see `allowed_origin_list`).
+    allowed_origins: str = Field(default="", validation_alias="ALLOWED_ORIGINS")
+    # An Engine.IO session that has not signed in (Socket.IO CONNECT) this long is closed.
+    socket_auth_timeout_s: float = Field(default=10, gt=0, validation_alias="SOCKET_AUTH_TIMEOUT_S")
+    # A socket connect that cannot check its token this long (database down) is refused.
+    socket_connect_timeout_s: float = Field(
+        default=5, gt=0, validation_alias="SOCKET_CONNECT_TIMEOUT_S"
+    )
+
+    @property
+    def allowed_origin_list(self) -> list[str]:
+        """ALLOWED_ORIGINS as `scheme://host[:port]` strings, without a trailing slash."""
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
     @field_validator("redis_prefix")
     @classmethod
     def _prefix_has_no_colon(cls, value: str) -> str:
