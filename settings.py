@@ -56,6 +56,22 @@ class Settings(BaseSettings):
     apns_port: int = Field(default=443, validation_alias="APNS_PORT")
     apns_ca_file: str = Field(default="", validation_alias="APNS_CA_FILE")
 
+    # Sign-in and sign-up abuse (api.throttle, models.accounts). Per client address, beside
+    # LOGIN_ATTEMPTS_PER_MINUTE per (email, address); the address is the socket's peer, or
+    # the entry TRUSTED_PROXY_HOPS from the right of X-Forwarded-For behind that many proxies.
+    login_attempts_per_address_per_minute: int = Field(
+        default=30, gt=0, validation_alias="LOGIN_ATTEMPTS_PER_ADDRESS_PER_MINUTE"
+    )
+    registrations_per_address_per_minute: int = Field(
+        default=60, gt=0, validation_alias="REGISTRATIONS_PER_ADDRESS_PER_MINUTE"
+    )
+    trusted_proxy_hops: int = Field(default=0, ge=0, validation_alias="TRUSTED_PROXY_HOPS")
+    # Password hashes (argon2: ~0.2 s of one CPU and 64 MiB each) one process runs at once
+    # (0: a quarter of its CPUs, at least 1), how many more may wait for one, and how long.
+    password_hash_slots: int = Field(default=0, ge=0, validation_alias="PASSWORD_HASH_SLOTS")
+    password_hash_queue: int = Field(default=4, ge=0, validation_alias="PASSWORD_HASH_QUEUE")
+    password_hash_wait_s: float = Field(default=1.0, gt=0, validation_alias="PASSWORD_HASH_WAIT_S")
+
     # The Socket.IO gateway. ALLOWED_ORIGINS: the browser origins (comma separated) it
     # accepts; none by default, since the apps are native (see `allowed_origin_list`).
     allowed_origins: str = Field(default="", validation_alias="ALLOWED_ORIGINS")
