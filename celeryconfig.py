@@ -1,21 +1,29 @@
-"""Celery configuration, read by `workers.celery_app` (one place for every Celery setting)."""
+"""Celery configuration, read by `workers.celery_app` (one place for every Celery setting).
 
-from kombu import Exchange, Queue
+Celery's `config_from_object` takes every public name of this module as a setting, and
+`celery inspect conf` and Flower show them (masking only names that look secret, and the
+password of `broker_url`): so the imports here are private names, and only plain values are
+public. A public `settings` would put the whole Settings object, SECRET_KEY and every URL
+with its password, into the app's conf.
+"""
 
-from settings import settings
+from kombu import Exchange as _Exchange
+from kombu import Queue as _Queue
 
-broker_url = settings.broker_url
+from settings import settings as _settings
+
+broker_url = _settings.broker_url
 broker_transport_options = {
     # Longer than any retry countdown, so a delayed late-acked task is not redelivered early.
     "visibility_timeout": 3600,
-    "global_keyprefix": f"{settings.redis_prefix}:celery:",
-    "socket_connect_timeout": settings.broker_publish_timeout_s,
+    "global_keyprefix": f"{_settings.redis_prefix}:celery:",
+    "socket_connect_timeout": _settings.broker_publish_timeout_s,
     # A publisher whose broker is down fails within about a second instead of retrying
     # for many: the web request must not hang (beat's sweep re-drives what was not published).
     "max_retries": 1,
     "interval_start": 0,
     "interval_step": 0.2,
-    "connect_retries_timeout": settings.broker_publish_timeout_s * 2,
+    "connect_retries_timeout": _settings.broker_publish_timeout_s * 2,
     "socket_timeout": 5,
 }
 broker_connection_retry_on_startup = True
@@ -40,8 +48,8 @@ task_default_exchange = "dispatch"
 task_default_routing_key = "dispatch"
 # Each queue on its own exchange and key, so a push task can only ever land in `push`.
 task_queues = (
-    Queue("dispatch", Exchange("dispatch", type="direct"), routing_key="dispatch"),
-    Queue("push", Exchange("push", type="direct"), routing_key="push"),
+    _Queue("dispatch", _Exchange("dispatch", type="direct"), routing_key="dispatch"),
+    _Queue("push", _Exchange("push", type="direct"), routing_key="push"),
 )
 task_routes = {
     "workers.tasks.send_push": {"queue": "push", "exchange": "push", "routing_key": "push"},
@@ -51,7 +59,7 @@ task_routes = {
 beat_schedule = {
     "relay-overdue-events": {
         "task": "workers.tasks.relay_events",
-        "schedule": max(1.0, settings.relay_after_s / 2),
+        "schedule": max(1.0, _settings.relay_after_s / 2),
     },
     "expire-due-jobs": {"task": "workers.tasks.expire_jobs", "schedule": 5.0},
 }

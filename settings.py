@@ -4,23 +4,52 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent
 DEFAULT_SQLITE_URL = f"sqlite:///{PROJECT_ROOT / 'var' / 'dispatch.sqlite3'}"
+# Public (it is in this file): tokens signed with it can be forged by anyone, so only a
+# development machine may run on it.
 DEV_SECRET_KEY = "dev-only-secret-key-change-me"
+MIN_SECRET_KEY_LENGTH = 16
+
+
+class InsecureSecretKey(RuntimeError):
+    """SECRET_KEY is unset, the public default or too short, outside development.
+
+    Not a ValueError on purpose: pydantic would wrap that in a ValidationError whose text
+    repeats the input values, database and Redis URLs (and their passwords) included."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "SECRET_KEY must be set to a real secret (at least "
+            f"{MIN_SECRET_KEY_LENGTH} random characters): without one, anyone can forge "
+            "sign-in tokens. Generate one with `python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'` and set SECRET_KEY to it in every process of "
+            "the deployment; on a development machine set DISPATCH_ENV=development instead "
+            "(`make run` does)."
+        )
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
 
-    database_url: str = Field(default="", validation_alias="DATABASE_URL")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL")
-    celery_broker_url: str = Field(default="", validation_alias="CELERY_BROKER_URL")
+    # `development` allows the public SECRET_KEY default; anything else needs a real one.
+    environment: Literal["production", "development"] = Field(
+        default="production", validation_alias="DISPATCH_ENV"
+    )
+    # Secrets (and URLs that may carry a password) are left out of the repr, so a logged
+    # or displayed Settings object shows none of them.
+    database_url: str = Field(default="", validation_alias="DATABASE_URL", repr=False)
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", validation_alias="REDIS_URL", repr=False
+    )
+    celery_broker_url: str = Field(default="", validation_alias="CELERY_BROKER_URL", repr=False)
     redis_prefix: str = Field(default="dispatch", validation_alias="REDIS_PREFIX")
-    secret_key: str = Field(default=DEV_SECRET_KEY, validation_alias="SECRET_KEY")
+    secret_key: str = Field(default=DEV_SECRET_KEY, validation_alias="SECRET_KEY", repr=False)
     auth_token_ttl_s: int = Field(default=30 * 24 * 3600, gt=0, validation_alias="AUTH_TOKEN_TTL_S")
 
     dispatch_radius_km: float = Field(default=30.0, gt=0, validation_alias="DISPATCH_RADIUS_KM")
@@ -46,7 +75,7 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, validation_alias="API_PORT")
     realtime_port: int = Field(default=8001, validation_alias="REALTIME_PORT")
     flower_port: int = Field(default=5555, validation_alias="FLOWER_PORT")
-    flower_basic_auth: str = Field(default="", validation_alias="FLOWER_BASIC_AUTH")
+    flower_basic_auth: str = Field(default="", validation_alias="FLOWER_BASIC_AUTH", repr=False)
 
     apns_key_path: str = Field(default="", validation_alias="APNS_KEY_PATH")
     apns_key_id: str = Field(default="", validation_alias="APNS_KEY_ID")
@@ -91,6 +120,26 @@ class Settings(BaseSettings):
     @classmethod
     def _prefix_has_no_colon(cls, value: str) -> str:
         return value.rstrip(":")
+
+    @field_validator("environment", mode="before")
+    @classmethod
+    def _empty_environment_is_unset(cls, value: object) -> object:
+        return value or "production"
+
+    @field_validator("secret_key")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: str) -> str:
+        return value or DEV_SECRET_KEY
+
+    @model_validator(mode="after")
+    def _secret_key_is_real_outside_development(self) -> Self:
+        """Every process (web, gateway, worker, beat, Flower, the CLI) builds this object at
+        start, so none of them runs on a forgeable secret."""
+        if self.environment != "development" and (
+            self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < MIN_SECRET_KEY_LENGTH
+        ):
+            raise InsecureSecretKey()
+        return self
 
     @cached_property
     def sqlalchemy_url(self) -> str:

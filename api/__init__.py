@@ -5,13 +5,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response
 
 from api import auth, devices, drivers, jobs, meta
 from api.errors import register_error_handlers
 from settings import settings
 
 API_PREFIX = "/api/v1"
+
+
+def secure_headers(response: Response) -> Response:
+    """On every answer, errors included: browsers must not sniff a JSON body into something
+    they would run (`nosniff`), and no browser or proxy cache may keep an answer (answers
+    carry bearer tokens, from register and login, and people's jobs and positions) unless
+    the view chose its own `Cache-Control`."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
@@ -23,5 +33,6 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         v1.register_blueprint(module.bp)
     app.register_blueprint(v1)
     register_error_handlers(app)
+    app.after_request(secure_headers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app
