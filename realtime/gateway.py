@@ -1,19 +1,39 @@
 """python-socketio server: token auth on connect, personal rooms, and `driver:location`.
 
-Every gateway process subscribes to the deployment's Redis channel, so workers (and other
-gateways) reach a client wherever it is connected. Database and Redis calls of handlers
-run in threads, never on the event loop."""
+Every gateway process subscribes to the deployment's Redis channel when it starts, so workers
+(and other gateways) reach a client wherever it is connected. Database and Redis calls of
+handlers run in threads, never on the event loop.
+
+What python-socketio leaves open, closed here:
+- An event named `connect` (or another reserved name) from a client would run the connect
+  handler again, with the client's arguments: a socket could join another user's room and
+  report positions as them. Reserved names and nameless events are refused.
+- An Engine.IO session that never signs in (no Socket.IO CONNECT with a valid token) is
+  closed after SOCKET_AUTH_TIMEOUT_S.
+- A connect whose token cannot be checked (database down or not answering) is refused with
+  `service_unavailable` within SOCKET_CONNECT_TIMEOUT_S instead of hanging.
+- Browsers: only ALLOWED_ORIGINS, and never with credentials (sign-in is a token in the
+  Socket.IO auth payload, not a cookie).
+- Its Redis manager would resubscribe 1 … 60 s apart and tell nobody: here it resubscribes
+  within RESUBSCRIBE_MAX_S of Redis answering, then sends every socket `feed:reload`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 import socketio
 from pydantic import ValidationError
 from redis import asyncio as aioredis
+from socketio import packet
+from sqlalchemy.exc import SQLAlchemyError
 
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
@@ -25,25 +45,124 @@ from workers.events import customer_room, driver_room, socketio_channel
 
 log = logging.getLogger(__name__)
 
-
+NAMESPACE = "/"
 PUBLISH_CONNECTIONS = 16
+# Client event names that python-socketio (server or client) or socket.io-client treat
+# specially; none is ever a client's to send.
+RESERVED_EVENTS = frozenset(
+    {
+        "connect",
+        "connect_error",
+        "disconnect",
+        "disconnecting",
+        "message",
+        "newListener",
+        "removeListener",
+        "__disconnect_final",
+    }
+)
+# Sent to every socket of a gateway that lost its Redis subscription, once it listens
+# again: events published meanwhile never reached it, so the app reloads what it shows
+# (a driver GET /drivers/me/offers, a customer their jobs).
+FEED_RELOAD = "feed:reload"
+FEED_RELOAD_PAYLOAD = {"reason": "events_missed"}
+RESUBSCRIBE_FIRST_S = 0.25
+RESUBSCRIBE_MAX_S = 2.0
+SUBSCRIBE_CONFIRM_S = 5.0
+# Token checks run on threads of their own: a database that never answers holds these,
+# never the threads that store positions.
+SIGN_IN_THREADS = 8
+OUTAGE_LOG_EVERY_S = 10.0
 
 
 class BoundedRedisManager(socketio.AsyncRedisManager):
-    """python-socketio's Redis manager on a bounded pool. Its own opens a connection for
-    every publish in flight (397 of them under 2,000 position reports a second); here a
-    publish waits for one of PUBLISH_CONNECTIONS instead (the subscriber holds one)."""
+    """python-socketio's Redis manager with a bounded publishing pool and a subscriber
+    that recovers promptly and says so.
+
+    Its own opens a connection for every publish in flight (397 of them under 2,000
+    position reports a second); here a publish waits for one of PUBLISH_CONNECTIONS. The
+    subscriber has a connection of its own."""
 
     redis_url: str
     redis_options: dict[str, Any]
+    channel: str
+    redis: Any
+    pubsub: Any
+    connected: bool
+    _subscriber: aioredis.Redis | None = None
+    _lost_at: float | None = None  # monotonic time the subscription was lost
 
     def _redis_connect(self) -> None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.redis_url, max_connections=PUBLISH_CONNECTIONS, timeout=5, **self.redis_options
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        """The publishing pool, made once: its connections reconnect by themselves, so a
+        failed publish (after which python-socketio calls this again) leaks no pool."""
+        if self.redis is None:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.redis_url, max_connections=PUBLISH_CONNECTIONS, timeout=5, **self.redis_options
+            )
+            self.redis = aioredis.Redis(connection_pool=pool)
         self.connected = True
+
+    async def _redis_listen_with_retries(self) -> AsyncIterator[dict[str, Any]]:
+        """python-socketio's loop waits 1, 2, 4 … 60 s between tries while sockets stay
+        connected and miss every event; this one waits at most RESUBSCRIBE_MAX_S."""
+        backoff = RESUBSCRIBE_FIRST_S
+        while True:
+            try:
+                pubsub = await self._subscribe()
+                backoff = RESUBSCRIBE_FIRST_S
+                await self._subscribed()
+                async for message in pubsub.listen():
+                    yield message
+                reason = "the subscription ended"
+            except (redis.RedisError, OSError) as exc:  # OSError: TimeoutError included
+                reason = str(exc) or type(exc).__name__
+            self._subscription_lost(reason)
+            await self._drop_pubsub()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESUBSCRIBE_MAX_S)
+
+    async def _subscribe(self) -> Any:
+        """SUBSCRIBE, and wait for Redis to confirm it: from then on no publish is missed."""
+        if self._subscriber is None:
+            self._subscriber = aioredis.Redis.from_url(self.redis_url, **self.redis_options)
+        self.pubsub = self._subscriber.pubsub()
+        await self.pubsub.subscribe(self.channel)
+        async with asyncio.timeout(SUBSCRIBE_CONFIRM_S):
+            while True:
+                reply = await self.pubsub.get_message(timeout=None)
+                if reply is not None and reply["type"] == "subscribe":
+                    return self.pubsub
+
+    async def _drop_pubsub(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(redis.RedisError, OSError):
+                await self.pubsub.aclose()
+            self.pubsub = None
+
+    def _subscription_lost(self, reason: str) -> None:
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            log.warning(
+                "Redis subscription lost (%s): resubscribing; sockets will get %s",
+                reason,
+                FEED_RELOAD,
+            )
+
+    async def _subscribed(self) -> None:
+        if self._lost_at is None:
+            log.info("subscribed to Redis channel %s", self.channel)
+            return
+        outage_s = time.monotonic() - self._lost_at
+        self._lost_at = None
+        sockets = sum(1 for _ in self.get_participants(NAMESPACE, None))
+        # This gateway's own sockets only (not a publish): each gateway tells its own.
+        await socketio.AsyncManager.emit(self, FEED_RELOAD, FEED_RELOAD_PAYLOAD, NAMESPACE)
+        log.warning(
+            "Redis subscription restored after %.1f s: %d sockets told %s",
+            outage_s,
+            sockets,
+            FEED_RELOAD,
+        )
 
 
 def _client_manager() -> socketio.AsyncRedisManager:
@@ -61,17 +180,144 @@ def _client_manager() -> socketio.AsyncRedisManager:
     )
 
 
-sio = socketio.AsyncServer(
+ALLOWED_ORIGINS = frozenset(settings.allowed_origin_list)
+
+
+def origin_allowed(origin: str | None, environ: dict[str, Any]) -> bool:
+    """ALLOWED_ORIGINS, and the gateway's own address: native clients may send that
+    (Starscream, under Socket.IO-Client-Swift, sets Origin to the URL it connects to),
+    and this server serves no page for a browser to run there."""
+    if not origin:
+        return False
+    if origin.rstrip("/") in ALLOWED_ORIGINS:
+        return True
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        return False
+    return bool(netloc) and netloc == str(environ.get("HTTP_HOST", "")).lower()
+
+
+class GatewayServer(socketio.AsyncServer):
+    """python-socketio's server, refusing reserved event names and closing sessions that
+    do not sign in. Both hooks are private methods of python-socketio 5.x; the tests in
+    tests/test_gateway_hardening.py pin what they do."""
+
+    manager_initialized: bool
+    manager: Any
+    environ: dict[str, dict[str, Any]]
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._reserved_logged: set[str] = set()  # Engine.IO sessions logged once already
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def subscribe_now(self) -> None:
+        """Subscribe to Redis at start-up: python-socketio waits for the first client, and
+        drops what is published to this gateway until then."""
+        if not self.manager_initialized:
+            self.manager_initialized = True
+            self.manager.initialize()
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        await super()._handle_eio_connect(eio_sid, environ)
+        self._arm_sign_in_deadline(eio_sid, settings.socket_auth_timeout_s)
+
+    async def _handle_disconnect(self, eio_sid: str, namespace: str, reason: Any = None) -> None:
+        """A socket that leaves the namespace but keeps its Engine.IO session signs in
+        again in time, or is closed."""
+        await super()._handle_disconnect(eio_sid, namespace, reason)
+        if eio_sid in self.environ:
+            self._arm_sign_in_deadline(eio_sid, settings.socket_auth_timeout_s)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any) -> None:
+        await super()._handle_eio_disconnect(eio_sid, reason)
+        self._reserved_logged.discard(eio_sid)
+
+    def _arm_sign_in_deadline(self, eio_sid: str, after_s: float) -> None:
+        asyncio.get_running_loop().call_later(after_s, self._sign_in_deadline, eio_sid)
+
+    def _sign_in_deadline(self, eio_sid: str) -> None:
+        if eio_sid not in self.environ:
+            return  # gone already
+        sid = self.manager.sid_from_eio_sid(eio_sid, NAMESPACE)
+        if sid is not None and self.manager.is_connected(sid, NAMESPACE):
+            return
+        if sid is not None and self.manager.is_pre_connected(sid, NAMESPACE):
+            # Its token is being checked, which SOCKET_CONNECT_TIMEOUT_S bounds.
+            self._arm_sign_in_deadline(eio_sid, 0.5)
+            return
+        closing = asyncio.ensure_future(self._close_session(eio_sid))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _close_session(self, eio_sid: str) -> None:
+        """Close it for good. `eio.disconnect` only queues a CLOSE packet: a client that
+        ignores it keeps a websocket open until the writer's idle timeout (ping interval
+        plus timeout), and a polling session that never polls again blocks the call."""
+        try:
+            session = self.eio._get_socket(eio_sid)
+        except KeyError:
+            return
+        log.debug("closing Engine.IO session %s: not signed in in time", eio_sid)
+        await session.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
+        session.queue.put_nowait(None)  # the websocket writer sends CLOSE, then closes
+        self.eio.sockets.pop(eio_sid, None)
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, ack_id: int | None, data: list[Any]
+    ) -> None:
+        name = data[0] if data else None
+        if isinstance(name, str) and name not in RESERVED_EVENTS:
+            await super()._handle_event(eio_sid, namespace, ack_id, data)
+        else:
+            await self._refuse_event(eio_sid, namespace or NAMESPACE, ack_id, name)
+
+    async def _refuse_event(
+        self, eio_sid: str, namespace: str, ack_id: int | None, name: object
+    ) -> None:
+        """One log line per socket (a client repeating it cannot flood the log), and a
+        refusal to a client that asked for an acknowledgement."""
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        connected = sid is not None and self.manager.is_connected(sid, namespace)
+        if eio_sid not in self._reserved_logged:
+            self._reserved_logged.add(eio_sid)
+            who = "not signed in"
+            if connected:
+                session = await self.get_session(sid, namespace)
+                who = f"{session.get('role')} {session.get('user_id')}"
+            log.warning(
+                "socket %s sent the reserved event %s (%s): refused, and any later ones",
+                sid or eio_sid,
+                repr(name)[:60],
+                who,
+            )
+        if connected and ack_id is not None:
+            message = (
+                f"The event name {name!r} is reserved."
+                if isinstance(name, str)
+                else "An event needs a name."
+            )
+            refusal = _rejection("forbidden", message)
+            await self._send_packet(
+                eio_sid,
+                self.packet_class(packet.ACK, namespace=namespace, id=ack_id, data=[refusal]),
+            )
+
+
+sio = GatewayServer(
     async_mode="asgi",
     client_manager=_client_manager(),
-    cors_allowed_origins="*",
+    cors_allowed_origins=origin_allowed,
+    cors_credentials=False,
     ping_interval=20,
     ping_timeout=20,
     max_http_buffer_size=16 * 1024,
     logger=False,
     engineio_logger=False,
 )
-app = socketio.ASGIApp(sio)
+app = socketio.ASGIApp(sio, on_startup=sio.subscribe_now)
+_sign_in_threads = ThreadPoolExecutor(SIGN_IN_THREADS, thread_name_prefix="sign-in")
 
 
 def _signed_in(token: str) -> tuple[int, str]:
@@ -87,15 +333,49 @@ def _rejection(code: str, message: str, fields: dict[str, str] | None = None) ->
     return {"ok": False, "error": error}
 
 
+class _OutageLog:
+    """Refused connects during an outage, logged once per OUTAGE_LOG_EVERY_S with a count
+    (every app reconnects, and each would be a line)."""
+
+    def __init__(self) -> None:
+        self.refused = 0
+        self.logged_at = float("-inf")
+
+    def refused_one(self, why: str) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.logged_at >= OUTAGE_LOG_EVERY_S:
+            log.warning(
+                "%d socket connects refused: tokens cannot be checked (%s)", self.refused, why
+            )
+            self.refused, self.logged_at = 0, now
+
+
+_outage_log = _OutageLog()
+
+
+async def _user_for(token: str) -> tuple[int, str]:
+    """The token's user, or a refusal: `unauthorized`, or `service_unavailable` when the
+    database fails or does not answer within SOCKET_CONNECT_TIMEOUT_S."""
+    lookup = asyncio.get_running_loop().run_in_executor(_sign_in_threads, _signed_in, token)
+    try:
+        return await asyncio.wait_for(lookup, settings.socket_connect_timeout_s)
+    except Unauthorized as exc:
+        raise socketio.exceptions.ConnectionRefusedError(f"unauthorized: {exc.message}") from exc
+    except (SQLAlchemyError, TimeoutError) as exc:
+        why = "no answer in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+        _outage_log.refused_one(why)
+        raise socketio.exceptions.ConnectionRefusedError(
+            "service_unavailable: the service is unavailable; connect again in a moment."
+        ) from exc
+
+
 @sio.event
 async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
     token = auth.get("token") if isinstance(auth, dict) else None
     if not isinstance(token, str) or not token:
         raise socketio.exceptions.ConnectionRefusedError("unauthorized: auth.token is required")
-    try:
-        user_id, role = await asyncio.to_thread(_signed_in, token)
-    except Unauthorized as exc:
-        raise socketio.exceptions.ConnectionRefusedError(f"unauthorized: {exc.message}") from exc
+    user_id, role = await _user_for(token)
     await sio.save_session(sid, {"user_id": user_id, "role": role})
     room = driver_room(user_id) if role == "driver" else customer_room(user_id)
     await sio.enter_room(sid, room)
