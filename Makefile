@@ -24,8 +24,8 @@ install: $(STAMP)
 migrate: install
 	$(BIN)/dispatch migrate
 
-run: migrate
-	bin/run-stack
+run: install
+	bin/run-stack  # development settings, a kept secret in var/, migrate, then every process
 
 lint: install
 	$(BIN)/ruff check .
@@ -42,4 +42,4 @@ clean:
 bench: install
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } \
 		|| echo "h2load (Debian package nghttp2-client) missing: the push floor is not measured"
-	$(BIN)/python -m bench.run $(BENCH)
+	DISPATCH_ENV=development $(BIN)/python -m bench.run $(BENCH)
