@@ -96,10 +96,11 @@ class Settings(BaseSettings):
     )
     trusted_proxy_hops: int = Field(default=0, ge=0, validation_alias="TRUSTED_PROXY_HOPS")
     # Password hashes (argon2: ~0.2 s of one CPU and 64 MiB each) one process runs at once
-    # (0: a quarter of its CPUs, at least 1), how many more may wait for one, and how long.
+    # (0: a quarter of its CPUs, at least 1), how many more may wait for one, and how long:
+    # sign-ins hold at most slots + queue request threads (the Procfile's gunicorn has 8).
     password_hash_slots: int = Field(default=0, ge=0, validation_alias="PASSWORD_HASH_SLOTS")
-    password_hash_queue: int = Field(default=4, ge=0, validation_alias="PASSWORD_HASH_QUEUE")
-    password_hash_wait_s: float = Field(default=1.0, gt=0, validation_alias="PASSWORD_HASH_WAIT_S")
+    password_hash_queue: int = Field(default=3, ge=0, validation_alias="PASSWORD_HASH_QUEUE")
+    password_hash_wait_s: float = Field(default=2.0, gt=0, validation_alias="PASSWORD_HASH_WAIT_S")
 
     # The Socket.IO gateway. ALLOWED_ORIGINS: the browser origins (comma separated) it
     # accepts; none by default, since the apps are native (see `allowed_origin_list`).
