@@ -15,6 +15,7 @@ from models.errors import DomainError
 log = logging.getLogger(__name__)
 
 STATUS_BY_CODE = {
+    "bad_request": 400,
     "validation_error": 422,
     "unauthorized": 401,
     "forbidden": 403,
@@ -23,13 +24,20 @@ STATUS_BY_CODE = {
     "job_not_available": 409,
     "conflict": 409,
     "payload_too_large": 413,
+    "uri_too_long": 414,
     "unsupported_media_type": 415,
+    "expectation_failed": 417,
     "rate_limited": 429,
+    "headers_too_large": 431,
     "internal_error": 500,
+    "not_implemented": 501,
     "service_unavailable": 503,
 }
 
 _CODE_BY_HTTP_STATUS = {status: code for code, status in STATUS_BY_CODE.items()}
+# A 400 from inside the app (werkzeug's BadRequest: a body it could not parse) is about the
+# request's content, hence a validation error; `bad_request` is for what the HTTP server
+# cannot parse at all (api.server).
 _CODE_BY_HTTP_STATUS[400] = "validation_error"
 
 
@@ -42,11 +50,22 @@ class RequestInvalid(Exception):
         self.message = message
 
 
-def error_response(code: str, message: str, fields: dict[str, str] | None = None) -> Response:
+class MalformedRequest(Exception):
+    """A request the HTTP server could not read (a malformed chunk of its body): a 400, as
+    the server itself answers what it cannot parse before the app (api.server)."""
+
+
+def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
+    """The contract's error body; the app's answers and the HTTP server's own (api.server)
+    are both built from it."""
     error: dict[str, Any] = {"code": code, "message": message}
     if fields is not None:
         error["fields"] = fields
-    response = jsonify({"error": error})
+    return {"error": error}
+
+
+def error_response(code: str, message: str, fields: dict[str, str] | None = None) -> Response:
+    response = jsonify(error_body(code, message, fields))
     response.status_code = STATUS_BY_CODE[code]
     return response
 
@@ -60,6 +79,10 @@ def register_error_handlers(app: Flask) -> None:
     def _invalid(exc: RequestInvalid) -> Response:
         return error_response("validation_error", exc.message, exc.fields)
 
+    @app.errorhandler(MalformedRequest)
+    def _malformed(exc: MalformedRequest) -> Response:
+        return error_response("bad_request", "The request is not valid HTTP.")
+
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
         return error_response("payload_too_large", "The request body is too large.")
@@ -72,10 +95,17 @@ def register_error_handlers(app: Flask) -> None:
             "method_not_allowed": "This method is not allowed here.",
         }.get(code, exc.description or "The request could not be completed.")
         if code == "validation_error":
-            return error_response(
+            answer = error_response(
                 code, "The request is not valid.", {"body": exc.description or ""}
             )
-        return error_response(code, message)
+        else:
+            answer = error_response(code, message)
+        # What the exception says beside its HTML page: `Allow` on a 405 (RFC 9110 requires
+        # it), `Retry-After` on a 429, `WWW-Authenticate` on a 401.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                answer.headers[name] = value
+        return answer
 
     @app.errorhandler(DatabaseUnavailable)
     @app.errorhandler(RedisError)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api.errors import STATUS_BY_CODE
-from api.schemas import ErrorBody
+from api.schemas import HEADERS, ErrorBody
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,7 +80,7 @@ def _operation(doc: EndpointDoc, schemas: dict[Any, Any], rule: str) -> dict:
                 "in": "header",
                 "required": False,
                 "description": description,
-                "schema": {"type": "string", "maxLength": 255},
+                "schema": HEADERS[name].json_schema(),  # what validated_header checks
             }
         )
     if params:

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from functools import cache
+from importlib.resources import files
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from models.jobs import JobStatus
 from models.schemas import (
+    NUL_REASON,
     Coordinates,
     JobEventView,
     JobView,
@@ -17,15 +32,91 @@ from models.schemas import (
     UserView,
 )
 
+# The patterns below are the validation itself (pydantic checks them) and what the OpenAPI
+# document shows, so the two cannot drift apart. They avoid `\s`, which means different
+# characters to the server's regex engine (Rust), to Python and to JavaScript: SPACE is
+# Unicode's White_Space, which is also exactly what `strip_whitespace` strips.
+SPACE = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NOT_BLANK_PATTERN = rf"^[^\x00]*[^{SPACE}\x00][^\x00]*$"
+# Surrounding space is allowed (and stripped); inside, no space, no NUL.
+EMAIL_PATTERN = rf"^[{SPACE}]*[^@{SPACE}\x00]+@[^@{SPACE}\x00]+\.[^@{SPACE}\x00]+[{SPACE}]*$"
+
+
+def _pattern_reason(reason: str) -> WrapValidator:
+    """Answer a pattern mismatch with `reason` rather than pydantic's "should match
+    pattern '…'", which shows the client a regular expression."""
+
+    def explain(value: Any, handler: ValidatorFunctionWrapHandler, _: ValidationInfo) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if any(err["type"] == "string_pattern_mismatch" for err in exc.errors()):
+                nul = isinstance(value, str) and "\x00" in value  # the patterns' other half
+                raise PydanticCustomError(
+                    "string_pattern_mismatch", NUL_REASON if nul else reason
+                ) from exc
+            raise
+
+    return WrapValidator(explain)
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    """The commonest leaked passwords of 8 characters or more (api/common_passwords.txt,
+    from zxcvbn's list), lower-cased."""
+    text = files("api").joinpath("common_passwords.txt").read_text(encoding="utf-8")
+    return frozenset(
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    )
+
+
+def _not_common(password: str) -> str:
+    if password.casefold() in common_passwords():
+        raise ValueError("is one of the most common passwords; choose another")
+    return password
+
+
 Email = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$"),
+    StringConstraints(strip_whitespace=True, max_length=254, pattern=EMAIL_PATTERN),
+    _pattern_reason("must be an email address"),
 ]
-Password = Annotated[str, StringConstraints(min_length=8, max_length=128)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=120)]
+# A new password (registration): the login keeps accepting whatever was registered before.
+Password = Annotated[
+    str,
+    StringConstraints(min_length=8, max_length=128, pattern=NOT_BLANK_PATTERN),
+    _pattern_reason("must not be blank"),
+    AfterValidator(_not_common),
+    Field(
+        description="8 to 128 characters, not only spaces, and not one of the 11,611 "
+        "commonest leaked passwords (compared case-insensitively)."
+    ),
+]
+Name = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=120, pattern=NOT_BLANK_PATTERN
+    ),
+    _pattern_reason("must not be blank"),
+]
 # APNs device tokens are hex; today 32 bytes, but Apple says not to rely on the length.
 DEVICE_TOKEN_PATTERN = r"^(?:[0-9a-fA-F]{2}){8,100}$"
 DeviceTokenHex = Annotated[str, StringConstraints(pattern=DEVICE_TOKEN_PATTERN)]
+
+# An Idempotency-Key: 1 to 255 printable characters, not only spaces. Header values reach
+# the app as latin-1 text with the spaces and tabs around them stripped (HTTP's optional
+# whitespace), so printable is spelt out over latin-1 (`str.isprintable()`: no control
+# characters, no no-break space, no soft hyphen).
+_KEY_VISIBLE = r"!-~\xa1-\xac\xae-\xff"
+IDEMPOTENCY_KEY_PATTERN = rf"^[\t ]*[{_KEY_VISIBLE}](?:[ {_KEY_VISIBLE}]*[{_KEY_VISIBLE}])?[\t ]*$"
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN),
+    _pattern_reason("must be 1 to 255 printable characters"),
+]
+# Request headers with a shape of their own, by name: api.validation.validated_header
+# checks them and the OpenAPI document shows the same schema.
+HEADERS: dict[str, TypeAdapter[str]] = {"Idempotency-Key": TypeAdapter(IdempotencyKey)}
 
 
 class RegisterBody(StrictModel):

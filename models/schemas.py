@@ -13,10 +13,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     PlainSerializer,
     ValidationError,
     field_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from models.accounts import User
 from models.job_events import EventType, JobEvent
@@ -39,6 +42,12 @@ Longitude = Annotated[float, Field(ge=-180, le=180), AfterValidator(_finite)]
 UTCTime = Annotated[datetime, PlainSerializer(utc_z, return_type=str)]
 
 
+# Text without NUL, as a JSON Schema pattern; a field with a pattern of its own excludes NUL
+# in it (api.schemas).
+NO_NUL_PATTERN = r"^[^\x00]*$"
+NUL_REASON = "must not contain NUL characters"
+
+
 class StrictModel(BaseModel):
     """Request shapes: unknown fields and type coercion are errors, not guesses."""
 
@@ -49,8 +58,23 @@ class StrictModel(BaseModel):
     def _no_nul_characters(cls, value: Any) -> Any:
         """PostgreSQL cannot store NUL in text, and would answer a 500 instead of a 422."""
         if isinstance(value, str) and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
+            raise ValueError(NUL_REASON)
         return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The schema says what `_no_nul_characters` refuses: every free-text property
+        gets NO_NUL_PATTERN, so the OpenAPI document admits no request the API refuses."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        for prop in schema.get("properties", {}).values():
+            for variant in [prop, *prop.get("anyOf", [])]:
+                if variant.get("type") == "string" and not {"pattern", "enum", "const"} & set(
+                    variant
+                ):
+                    variant["pattern"] = NO_NUL_PATTERN
+        return schema
 
 
 class Coordinates(StrictModel):

@@ -104,7 +104,7 @@ def start_web(log_dir: Path, env: dict[str, str] | None = None) -> tuple[Process
             "--bind",
             f"127.0.0.1:{port}",
             "--worker-class",
-            "gthread",
+            "api.server.JsonErrorWorker",  # gthread, with JSON bodies on gunicorn's own errors
             "--workers",
             "2",
             "--threads",
