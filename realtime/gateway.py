@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ import redis
 import socketio
 from pydantic import ValidationError
 from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from socketio import packet
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -73,6 +76,12 @@ SUBSCRIBE_CONFIRM_S = 5.0
 # never the threads that store positions.
 SIGN_IN_THREADS = 8
 OUTAGE_LOG_EVERY_S = 10.0
+# Probe an idle Redis connection after 10 s, every 5 s, and give up after 3 misses (Linux).
+KEEPALIVE_OPTIONS = (
+    {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+    if hasattr(socket, "TCP_KEEPIDLE")
+    else {}
+)
 
 
 class BoundedRedisManager(socketio.AsyncRedisManager):
@@ -124,7 +133,10 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
     async def _subscribe(self) -> Any:
         """SUBSCRIBE, and wait for Redis to confirm it: from then on no publish is missed."""
         if self._subscriber is None:
-            self._subscriber = aioredis.Redis.from_url(self.redis_url, **self.redis_options)
+            # No retries inside redis-py: every lost connection reaches the loop above,
+            # which tells the sockets about the events published meanwhile.
+            options = {**self.redis_options, "retry": Retry(NoBackoff(), 0)}
+            self._subscriber = aioredis.Redis.from_url(self.redis_url, **options)
         self.pubsub = self._subscriber.pubsub()
         await self.pubsub.subscribe(self.channel)
         async with asyncio.timeout(SUBSCRIBE_CONFIRM_S):
@@ -166,8 +178,9 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
 
 
 def _client_manager() -> socketio.AsyncRedisManager:
-    # No read timeout on the subscriber (redis-py's default would drop it when idle);
-    # keepalive and health checks notice a dead connection instead.
+    # No read timeout on the subscriber (redis-py's default would drop it when idle). A
+    # Redis that goes away closes the connection; one that cannot say so (its host gone,
+    # a network cut) is noticed by TCP keepalive after ~25 s instead of the kernel's 2 h.
     return BoundedRedisManager(
         settings.redis_url,
         channel=socketio_channel(),
@@ -175,6 +188,7 @@ def _client_manager() -> socketio.AsyncRedisManager:
             "socket_timeout": None,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
+            "socket_keepalive_options": KEEPALIVE_OPTIONS,
             "health_check_interval": 15,
         },
     )
