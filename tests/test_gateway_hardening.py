@@ -7,6 +7,7 @@ servers that a test breaks are its own."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -110,22 +111,29 @@ def test_after_a_redis_outage_clients_are_told_to_reload_and_the_next_emit_arriv
     tmp_path: Path, factory: Factory, outage_s: float
 ) -> None:
     """12 s: past python-socketio's old backoff (1 + 2 + 4 s). 0: a restart at once, which
-    redis-py's own reconnect-and-resubscribe would hide: events published meanwhile are
-    lost all the same."""
-    redis_server = PrivateRedis(tmp_path)
-    redis_server.start()
-    gateway, port = start_gateway(tmp_path, {**GATEWAY_ENV, "REDIS_URL": redis_server.url})
-    driver, customer = factory.driver(), factory.customer()
-    to_driver, to_customer = Listener(port, driver.token), Listener(port, customer.token)
-    publisher = PublishingRedisManager(
-        redis_server.url, channel=socketio_channel(), write_only=True
-    )
-    room = f"driver:{driver.id}"
-    try:
-        # The gateway subscribes when it starts, not when its first client connects: once it
-        # says so, the first emit arrives.
+    a subscriber reconnecting by itself would get through unnoticed, though the events
+    published meanwhile are lost all the same."""
+    with contextlib.ExitStack() as cleanup:
+        redis_server = PrivateRedis(tmp_path)
+        cleanup.callback(redis_server.stop)
+        redis_server.start()
+        gateway, port = start_gateway(tmp_path, {**GATEWAY_ENV, "REDIS_URL": redis_server.url})
+        cleanup.callback(gateway.stop)
+        driver, customer = factory.driver(), factory.customer()
+        to_driver = Listener(port, driver.token)
+        cleanup.callback(to_driver.close)
+        to_customer = Listener(port, customer.token)
+        cleanup.callback(to_customer.close)
+        publisher = PublishingRedisManager(
+            redis_server.url, channel=socketio_channel(), write_only=True
+        )
+        room = f"driver:{driver.id}"
+
+        # The gateway subscribes when it starts, not when its first client connects: once
+        # it says so, the first emit arrives.
         gateway.wait_for_log("subscribed to Redis channel")
         publisher.emit("job:new", {"job": {"id": 1}}, to=room)
+        cleanup.callback(publisher.redis.close)
         to_driver.wait_for("job:new", 1, 5)
 
         redis_server.stop()
@@ -145,12 +153,6 @@ def test_after_a_redis_outage_clients_are_told_to_reload_and_the_next_emit_arriv
         publisher.emit("job:new", {"job": {"id": 2}}, to=room)
         assert to_driver.wait_for("job:new", 2, 5)[1] == {"job": {"id": 2}}
         assert to_driver.client.connected and to_customer.client.connected
-    finally:
-        to_driver.close()
-        to_customer.close()
-        publisher.redis.close()
-        gateway.stop()
-        redis_server.stop()
 
 
 # --- 6. Engine.IO sessions that never sign in ------------------------------------------------
@@ -263,23 +265,21 @@ def test_a_connect_during_a_database_outage_is_refused_in_bounded_time(
     listener of this test's own that takes the TCP connection and never answers, as a
     PostgreSQL behind a dead network path would."""
     driver = factory.driver(at=None)
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)
-    port = silent.getsockname()[1] if database == "silent" else free_port()
-    gateway, gateway_port = start_gateway(
-        tmp_path, {**GATEWAY_ENV, "DATABASE_URL": _database_url(port)}
-    )
-    try:
+    with contextlib.ExitStack() as cleanup:
+        silent = cleanup.enter_context(socket.socket())
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        port = silent.getsockname()[1] if database == "silent" else free_port()
+        gateway, gateway_port = start_gateway(
+            tmp_path, {**GATEWAY_ENV, "DATABASE_URL": _database_url(port)}
+        )
+        cleanup.callback(gateway.stop)
         for _ in range(2):  # the second try finds the same answer (no stuck state)
             refusals, seconds = _refusal(gateway_port, driver.token)
             assert len(refusals) == 1
             assert refusals[0]["message"].startswith("service_unavailable")
             assert seconds < CONNECT_TIMEOUT_S + SLACK_S
         assert "Traceback" not in gateway.log()
-    finally:
-        gateway.stop()
-        silent.close()
 
 
 # --- 9. browser origins ----------------------------------------------------------------
