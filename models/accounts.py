@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -14,12 +18,72 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.db import Base, UTCDateTime, utcnow
-from models.errors import Conflict, Unauthorized
+from models.errors import Conflict, ServiceUnavailable, Unauthorized
 from settings import settings
 
 _hasher = PasswordHasher()
 # Compared against when the email is unknown, so a login takes as long either way.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+class PasswordHashingBusy(ServiceUnavailable):
+    """Every password-hashing slot of this process stayed taken: the caller is told to come
+    back (503 with Retry-After) and nothing was hashed."""
+
+    message = "Too many sign-ins at once; try again in a moment."
+    retry_after_s = 1
+
+
+class HashingSlots:
+    """A bound on the password hashes a process runs at once, so that sign-ins can never
+    take every CPU and every request thread from the rest of the API.
+
+    Each argon2 hash keeps one CPU busy for ~0.2 s and holds 64 MiB. `slots` hashes run at
+    once; up to `queue` more callers wait at most `wait_s` for a slot; anyone beyond that is
+    refused at once, so waiting sign-ins hold at most `slots + queue` of the server's
+    request threads."""
+
+    def __init__(self, slots: int, queue: int, wait_s: float) -> None:
+        self._running = threading.BoundedSemaphore(slots)
+        self._admitted = threading.BoundedSemaphore(slots + queue)
+        self._wait_s = wait_s
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold a slot for one sign-in's lookup and hash; PasswordHashingBusy when none is
+        free in time."""
+        if not self._admitted.acquire(blocking=False):
+            raise PasswordHashingBusy()
+        try:
+            if not self._running.acquire(timeout=self._wait_s):
+                raise PasswordHashingBusy()
+            try:
+                yield
+            finally:
+                self._running.release()
+        finally:
+            self._admitted.release()
+
+
+def _default_hash_slots() -> int:
+    """A quarter of the CPUs this process may use, at least one: a machine runs several web
+    processes (the Procfile's gunicorn: 2), and their hashes must leave CPU for the rest."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cpus or 1) // 4)
+
+
+hashing_slots = HashingSlots(
+    settings.password_hash_slots or _default_hash_slots(),
+    settings.password_hash_queue,
+    settings.password_hash_wait_s,
+)
+
+
+def _password_matches(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 class Role(StrEnum):
@@ -86,9 +150,11 @@ def register_user(session: Session, role: Role, email: str, password: str, name:
     """Create a user; a driver gets a profile, approved at once only where the
     deployment auto-approves (development). Raises Conflict if the email is taken."""
     email = normalize_email(email)
-    if session.scalar(select(User.id).where(User.email == email)) is not None:
-        raise Conflict("An account with this email already exists.")
-    user = User(role=role.value, email=email, password_hash=_hasher.hash(password), name=name)
+    with hashing_slots.slot():  # taken first: a refused sign-up costs no query
+        if session.scalar(select(User.id).where(User.email == email)) is not None:
+            raise Conflict("An account with this email already exists.")
+        password_hash = _hasher.hash(password)
+    user = User(role=role.value, email=email, password_hash=password_hash, name=name)
     if role is Role.driver:
         user.driver_profile = DriverProfile(approved=settings.auto_approve_drivers, online=False)
     session.add(user)
@@ -101,12 +167,10 @@ def register_user(session: Session, role: Role, email: str, password: str, name:
 
 
 def authenticate(session: Session, email: str, password: str) -> User:
-    user = session.scalar(select(User).where(User.email == normalize_email(email)))
-    try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
-    except (VerificationError, InvalidHashError) as exc:
-        raise Unauthorized("Wrong email or password.") from exc
-    if user is None:
+    with hashing_slots.slot():  # taken first: a refused sign-in costs no query
+        user = session.scalar(select(User).where(User.email == normalize_email(email)))
+        matches = _password_matches(user.password_hash if user else _DUMMY_HASH, password)
+    if user is None or not matches:
         raise Unauthorized("Wrong email or password.")
     return user
 
