@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
 from models.errors import DomainError
 
@@ -50,9 +50,10 @@ class RequestInvalid(Exception):
         self.message = message
 
 
-class MalformedRequest(Exception):
-    """A request the HTTP server could not read (a malformed chunk of its body): a 400, as
-    the server itself answers what it cannot parse before the app (api.server)."""
+class MalformedRequest(BadRequest):
+    """A request the HTTP server could not read (a malformed chunk of its body): a 400
+    `bad_request`, as the server itself answers what it cannot parse before the app
+    (api.server), not the 422 of other BadRequests (content the app could not parse)."""
 
 
 def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:

@@ -104,11 +104,12 @@ DEVICE_TOKEN_PATTERN = r"^(?:[0-9a-fA-F]{2}){8,100}$"
 DeviceTokenHex = Annotated[str, StringConstraints(pattern=DEVICE_TOKEN_PATTERN)]
 
 # An Idempotency-Key: 1 to 255 printable characters, not only spaces. Header values reach
-# the app as latin-1 text with the spaces and tabs around them stripped (HTTP's optional
-# whitespace), so printable is spelt out over latin-1 (`str.isprintable()`: no control
-# characters, no no-break space, no soft hyphen).
+# the app as latin-1 text, so printable is spelt out over latin-1 (`str.isprintable()`: no
+# control characters, no no-break space, no soft hyphen). The server strips the spaces and
+# tabs around a value (HTTP's optional whitespace): clients cannot send leading ones, but
+# trailing ones are allowed and dropped.
 _KEY_VISIBLE = r"!-~\xa1-\xac\xae-\xff"
-IDEMPOTENCY_KEY_PATTERN = rf"^[\t ]*[{_KEY_VISIBLE}](?:[ {_KEY_VISIBLE}]*[{_KEY_VISIBLE}])?[\t ]*$"
+IDEMPOTENCY_KEY_PATTERN = rf"^[{_KEY_VISIBLE}](?:[ {_KEY_VISIBLE}]*[{_KEY_VISIBLE}])?[\t ]*$"
 IdempotencyKey = Annotated[
     str,
     StringConstraints(max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from flask import request
+from flask import g, request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -22,7 +22,22 @@ def request_body() -> bytes:
     Werkzeug refuses a Content-Length over the limit, but a chunked body (no length) is
     only cut at the limit and handed over short, which parsed as truncated JSON, a 422.
     A body that fills the limit is therefore checked for one byte more. A body the server
-    cannot read (gunicorn raises its own parse errors from the stream) is a 400."""
+    cannot read (gunicorn raises its own parse errors from the stream) is a 400. The
+    verdict is kept on the request: the stream can be read only once, and the throttle
+    validates a body before its view does."""
+    verdict = g.get("request_body")
+    if verdict is None:
+        try:
+            verdict = _read_body()
+        except HTTPException as exc:
+            verdict = type(exc)
+        g.request_body = verdict
+    if isinstance(verdict, bytes):
+        return verdict
+    raise verdict()
+
+
+def _read_body() -> bytes:
     try:
         raw = request.get_data(cache=True)
     except HTTPException:
