@@ -27,7 +27,6 @@ the bound on hashes keeps each process's CPU and request threads for the rest of
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -47,8 +46,6 @@ from api.schemas import LoginBody, RegisterBody
 from api.validation import validated_body
 from models.accounts import PasswordHashingBusy, normalize_email
 from settings import settings
-
-log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
