@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 from sqlalchemy.orm import Session
 
 from api.bearer import signed_in
-from api.errors import RequestInvalid
 from api.openapi import EndpointDoc, documented
 from api.schemas import CancelBody, JobCreateBody, JobEventsAnswer, JobsAnswer, JobsQuery
-from api.validation import optional_body, validated_body, validated_query
+from api.validation import optional_body, validated_body, validated_header, validated_query
 from models.accounts import User
 from models.db import redis_connection, session_scope
 from models.errors import NotFound
@@ -36,15 +35,6 @@ bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 STEP_ERRORS = ("forbidden", "not_found", "conflict")
-
-
-def _idempotency_key() -> str | None:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return None
-    if not key.strip() or len(key) > 255 or not key.isprintable():
-        raise RequestInvalid({IDEMPOTENCY_HEADER: "must be 1 to 255 printable characters"})
-    return key
 
 
 def _view(job: Job) -> JobView:
@@ -89,7 +79,7 @@ def create() -> tuple[Response, int]:
             body.pickup.to_place(),
             body.dropoff.to_place() if body.dropoff else None,
             body.notes,
-            _idempotency_key(),
+            validated_header(IDEMPOTENCY_HEADER),
         )
         announce_after_commit(session, done)
         view = JobView.of(done.job) if done.events else _view(done.job)
