@@ -654,7 +654,7 @@ def test_apns_down_for_a_while_delays_no_job_new_and_pushes_arrive_after(
             )
             return rows == [(len(job_ids),)]
 
-        wait_until(failed_twice, 20, "each offer's push to fail twice while APNs is down")
+        wait_until(failed_twice, 30, "each offer's push to fail twice while APNs is down")
         assert fake_apns.received() == []
     finally:
         fake_apns.up()
