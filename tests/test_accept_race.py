@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 
 from models.accounts import DriverProfile
 from models.db import session_scope
+from models.job_events import JobEvent
 from models.jobs import Job
 from tests.factories import Account, Factory
 from tests.queues import queued_tasks
@@ -96,4 +97,6 @@ def test_concurrent_creates_with_one_idempotency_key_make_one_job(app, factory: 
     assert [status for status, _ in results].count(201) == 1
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
-    assert queued_tasks() == [{"task": "workers.tasks.notify_nearby", "args": [results[0][1]]}]
+    with session_scope() as session:
+        [created] = session.scalars(select(JobEvent.id).where(JobEvent.job_id == results[0][1]))
+    assert queued_tasks() == [{"task": "workers.tasks.notify_nearby", "args": [created]}]
