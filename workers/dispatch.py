@@ -111,8 +111,7 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
         event, job = found.JobEvent, found.Job
         if event.type == EventType.offered:
             return _notice(session, job, event), False
-        if event.type == EventType.released:
-            hold_announcements(session, event.job_id)  # nothing precedes a `created`
+        hold_announcements(session, event.job_id)
         if event.type == EventType.released:
             _speak_status(session, r, job, event)
         offered = None
