@@ -187,12 +187,15 @@ def start_beat(log_dir: Path, env: dict[str, str] | None = None) -> Process:
 
 
 class PrivateRedis:
-    """A redis-server of the test's own on a free port, to stop and start at will."""
+    """A redis-server of the test's own on a free port, to stop and start at will; with a
+    `password`, one that demands it (`--requirepass`)."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, password: str | None = None) -> None:
         self.port = free_port()
         self.log_dir = log_dir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.password = password
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: Process | None = None
 
     def start(self) -> None:
@@ -211,6 +214,7 @@ class PrivateRedis:
                 "no",
                 "--dir",
                 str(self.log_dir),
+                *(["--requirepass", self.password] if self.password else []),
             ],
             self.log_dir,
             {},

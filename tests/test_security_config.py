@@ -29,6 +29,7 @@ from settings import DEV_SECRET_KEY, PROJECT_ROOT, InsecureSecretKey, Settings
 from tests.factories import PASSWORD
 from tests.processes import (
     BIN,
+    PrivateRedis,
     Process,
     free_port,
     port_open,
@@ -52,42 +53,13 @@ def _without(*names: str) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in names}
 
 
-class LockedRedis:
-    """A redis-server of this test's own that demands a password (`--requirepass`)."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.password = _secret("redis-pw")
-        self.url = f"redis://:{self.password}@127.0.0.1:{self.port}/0"
-        redis_server = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = Process(
-            f"redis-{self.port}",
-            [
-                redis_server,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(log_dir),
-                "--requirepass",
-                self.password,
-            ],
-            log_dir,
-            {},
-        )
-        wait_until(lambda: port_open(self.port), 10, "the locked redis to listen")
-
-
 @pytest.fixture
-def locked_redis(tmp_path: Path) -> Iterator[LockedRedis]:
-    server = LockedRedis(tmp_path)
+def locked_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test's own that demands a password."""
+    server = PrivateRedis(tmp_path, password=_secret("redis-pw"))
+    server.start()
     yield server
-    server.process.stop()
+    server.stop()
 
 
 class ProcessOnEnv(Process):
@@ -120,7 +92,7 @@ def _worker_name(worker: Process) -> str:
 
 
 def test_no_secret_in_inspect_conf_flower_error_answers_or_logs(
-    tmp_path: Path, locked_redis: LockedRedis
+    tmp_path: Path, locked_redis: PrivateRedis
 ) -> None:
     flower_user, flower_password = "operator", _secret("flower-pw")
     database_password = _secret("db-pw")
