@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     password_hash_slots: int = Field(default=0, ge=0, validation_alias="PASSWORD_HASH_SLOTS")
     password_hash_queue: int = Field(default=3, ge=0, validation_alias="PASSWORD_HASH_QUEUE")
     password_hash_wait_s: float = Field(default=2.0, gt=0, validation_alias="PASSWORD_HASH_WAIT_S")
+    # argon2-cffi's parameter profile for new hashes (a stored hash carries its own, so any
+    # verifies). CHEAPEST is for test suites only: it makes a hash cost microseconds.
+    password_hash_profile: Literal["RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST"] = (
+        Field(default="RFC_9106_LOW_MEMORY", validation_alias="PASSWORD_HASH_PROFILE")
+    )
 
     # The Socket.IO gateway. ALLOWED_ORIGINS: the browser origins (comma separated) it
     # accepts; none by default, since the apps are native (see `allowed_origin_list`).

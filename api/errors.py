@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Flask, Response, jsonify
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from werkzeug.exceptions import BadRequest, HTTPException, RequestEntityTooLarge
 
-from models.errors import DomainError
+from models.errors import DomainError, error_body
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +53,6 @@ class MalformedRequest(BadRequest):
     """A request the HTTP server could not read (a malformed chunk of its body): a 400
     `bad_request`, as the server itself answers what it cannot parse before the app
     (api.server), not the 422 of other BadRequests (content the app could not parse)."""
-
-
-def error_body(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
-    """The contract's error body; the app's answers and the HTTP server's own (api.server)
-    are both built from it."""
-    error: dict[str, Any] = {"code": code, "message": message}
-    if fields is not None:
-        error["fields"] = fields
-    return {"error": error}
 
 
 def error_response(code: str, message: str, fields: dict[str, str] | None = None) -> Response:

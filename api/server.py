@@ -19,7 +19,7 @@ from typing import Any
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 
-from api.errors import error_body
+from models.errors import error_body
 
 # The status gunicorn chose -> the contract's code and message for it.
 SERVER_ERRORS = {

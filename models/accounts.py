@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from argon2 import PasswordHasher
+from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, select, text
@@ -21,7 +21,7 @@ from models.db import Base, UTCDateTime, utcnow
 from models.errors import Conflict, ServiceUnavailable, Unauthorized
 from settings import settings
 
-_hasher = PasswordHasher()
+_hasher = PasswordHasher.from_parameters(getattr(profiles, settings.password_hash_profile))
 # Compared against when the email is unknown, so a login takes as long either way.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
-from models.errors import Unauthorized
+from models.errors import Unauthorized, error_body
 from models.schemas import Coordinates, field_reasons
 from models.tracking import record_position
 from settings import settings
@@ -341,10 +341,7 @@ def _signed_in(token: str) -> tuple[int, str]:
 
 
 def _rejection(code: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if fields is not None:
-        error["fields"] = fields
-    return {"ok": False, "error": error}
+    return {"ok": False, **error_body(code, message, fields)}
 
 
 class _OutageLog:

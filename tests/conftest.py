@@ -20,6 +20,7 @@ os.environ.update(
         "SECRET_KEY": f"test-secret-{RUN_ID}",
         "AUTO_APPROVE_DRIVERS": "true",
         "RELAY_AFTER_S": "2",
+        "PASSWORD_HASH_PROFILE": "CHEAPEST",
     }
 )
 for unset in ("CELERY_BROKER_URL", "APNS_KEY_PATH", "APNS_HOST", "APNS_PORT", "APNS_CA_FILE"):
