@@ -23,8 +23,9 @@ from models.drivers import driver_profile, report_location, set_availability
 from models.errors import ServiceUnavailable
 from models.jobs import JobStatus, current_job, driver_jobs
 from models.offers import driver_feed
+from models.rooms import customer_room
 from models.schemas import OfferView, as_json, job_views
-from workers.events import customer_room, emit
+from workers.events import emit
 
 bp = Blueprint("drivers", __name__, url_prefix="/drivers/me")
 

@@ -20,10 +20,11 @@ import requests
 from bench.data import add_users, bearer, summary_ms, token_for
 from bench.feeds import FeedProcesses
 from models.db import redis_connection
+from models.rooms import driver_room
 from models.tracking import record_position
 from tests.processes import Process, start_gateway, start_web, start_workers
 from workers.celery_app import app as celery_app
-from workers.events import driver_room, emit
+from workers.events import emit
 
 CLUSTERS = 50
 PER_CLUSTER = 20

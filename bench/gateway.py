@@ -35,8 +35,9 @@ from typing import Any
 import websockets
 
 from bench.data import add_users, token_for
+from models.rooms import driver_room
 from tests.processes import Process, start_gateway
-from workers.events import driver_room, emit
+from workers.events import emit
 
 CONNECTIONS = 10_000
 FANOUT = 1_000

@@ -74,6 +74,7 @@ from bench.data import add_users, summary_ms, token_for
 from models.db import engine, redis_connection, session_scope
 from models.jobs import Job
 from models.positions import geo_key, indexable_lat, seen_key
+from models.rooms import customer_room
 from models.tracking import (
     _REPORT_SCRIPT,
     UPDATES_EVERY_MS,
@@ -85,7 +86,6 @@ from models.tracking import (
 )
 from settings import settings
 from tests.processes import Process, start_gateway
-from workers.events import customer_room
 
 DRIVERS = 1_000
 ON_JOB = 200

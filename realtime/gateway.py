@@ -41,10 +41,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
 from models.errors import Unauthorized, error_body
+from models.rooms import customer_room, driver_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
 from models.tracking import record_position
 from settings import settings
-from workers.events import customer_room, driver_room, socketio_channel
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,11 @@ from models.job_events import (
 from models.jobs import Job, JobStatus
 from models.lifecycle import expire_due_jobs
 from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
+from models.rooms import customer_room, driver_room
 from models.schemas import JobView, OfferView, as_json, job_views, utc_z
 from models.tracking import sync_tracking
 from workers.apns import apns_enabled
-from workers.events import customer_room, driver_room, emit, emit_each
+from workers.events import emit, emit_each
 from workers.notifications import PUSH_DUE_S, has_push
 
 log = logging.getLogger(__name__)

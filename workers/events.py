@@ -12,6 +12,7 @@ from typing import Any
 import redis
 import socketio
 
+from models.rooms import socketio_channel
 from settings import settings
 
 
@@ -64,19 +65,6 @@ class PublishingRedisManager(socketio.RedisManager):
 
 
 _managers: dict[int, PublishingRedisManager] = {}
-
-
-def socketio_channel() -> str:
-    """The pub/sub channel shared by workers and gateways of this deployment."""
-    return settings.redis_key("socketio")
-
-
-def driver_room(driver_id: int) -> str:
-    return f"driver:{driver_id}"
-
-
-def customer_room(customer_id: int) -> str:
-    return f"customer:{customer_id}"
 
 
 def _manager() -> PublishingRedisManager:

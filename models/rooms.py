@@ -1,0 +1,21 @@
+"""Who hears what over Socket.IO: each user's personal room and the deployment's channel.
+
+Workers publish into these rooms and the gateway places sockets in them, so the names live
+here, beneath both (the contract names the rooms: `driver:{id}`, `customer:{id}`)."""
+
+from __future__ import annotations
+
+from settings import settings
+
+
+def socketio_channel() -> str:
+    """The pub/sub channel shared by workers and gateways of this deployment."""
+    return settings.redis_key("socketio")
+
+
+def driver_room(driver_id: int) -> str:
+    return f"driver:{driver_id}"
+
+
+def customer_room(customer_id: int) -> str:
+    return f"customer:{customer_id}"
