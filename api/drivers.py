@@ -109,7 +109,7 @@ def location() -> tuple[str, int]:
         driver = signed_in(session, "driver")
     body = validated_body(LocationBody)
     try:
-        update = report_location(redis_connection(), driver, body.lat, body.lng)
+        update = report_location(redis_connection(), driver.id, body.lat, body.lng)
         if update is not None:
             emit("job:driver_location", update.payload, [customer_room(update.customer_id)])
     except redis.RedisError as exc:

@@ -37,7 +37,10 @@ def set_availability(session: Session, r: redis.Redis, driver: User, online: boo
     return profile.online
 
 
-def report_location(r: redis.Redis, driver: User, lat: float, lng: float) -> LocationUpdate | None:
-    """Store the position; returns the `job:driver_location` their customer is due, if any."""
-    driver_profile(driver)
-    return record_position(r, driver.id, lat, lng)
+def report_location(
+    r: redis.Redis, driver_id: int, lat: float, lng: float
+) -> LocationUpdate | None:
+    """A driver's position, from PUT /drivers/me/location or the gateway's `driver:location`
+    (each has checked that the caller is a driver): stored for dispatch and tracking, and
+    the `job:driver_location` their customer is due, if any."""
+    return record_position(r, driver_id, lat, lng)

@@ -40,10 +40,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
+from models.drivers import report_location
 from models.errors import Unauthorized, error_body
 from models.rooms import customer_room, driver_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
-from models.tracking import record_position
 from settings import settings
 
 log = logging.getLogger(__name__)
@@ -414,7 +414,7 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
         return _rejection("validation_error", "The location is not valid.", field_reasons(exc))
     try:
         update = await asyncio.to_thread(
-            record_position, redis_connection(), session["user_id"], where.lat, where.lng
+            report_location, redis_connection(), session["user_id"], where.lat, where.lng
         )
         if update is not None:
             await sio.emit(
