@@ -16,7 +16,7 @@ from models.accounts import User
 from models.db import redis_connection, session_scope
 from models.errors import NotFound
 from models.job_events import job_history
-from models.jobs import Job, JobStatus, customer_jobs, job_for_user
+from models.jobs import Job, JobStatus, customer_jobs
 from models.lifecycle import (
     Step,
     accept_job,
@@ -28,6 +28,7 @@ from models.lifecycle import (
     release_job,
     start_job,
 )
+from models.offers import job_for_user
 from models.schemas import JobEventView, JobView, as_json, job_views
 from workers.enqueue import announce_after_commit
 

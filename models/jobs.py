@@ -1,5 +1,5 @@
-"""Jobs and the offers made for them; who may see a job. The changes a job goes through
-are in `models.lifecycle`."""
+"""Jobs and the lists of them a customer or driver sees. The changes a job goes through are
+in `models.lifecycle`; the offers made for it in `models.offers`."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from sqlalchemy import (
     UniqueConstraint,
     select,
 )
-from sqlalchemy.orm import Mapped, Session, lazyload, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.accounts import User
 from models.db import Base, UTCDateTime, utcnow
-from models.errors import Forbidden, NotFound
+from models.errors import Forbidden
 
 
 class JobStatus(StrEnum):
@@ -101,68 +101,9 @@ class Job(Base):
         return Place(self.dropoff_lat, self.dropoff_lng, self.dropoff_address)
 
 
-class OfferClosed(StrEnum):
-    declined = "declined"
-    released = "released"
-
-
-class Offer(Base):
-    """A job offered to one driver: one row per job and driver, carrying the latest round it
-    was offered in, so nobody is offered twice in a round. A closed offer (the driver
-    declined the job, or released it) is never offered again."""
-
-    __tablename__ = "offers"
-    __table_args__ = (
-        UniqueConstraint("job_id", "driver_id", name="uq_offers_job_driver"),
-        CheckConstraint(
-            "closed_reason IN ('declined', 'released')", name="ck_offers_closed_reason"
-        ),
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    driver_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
-    distance_km: Mapped[float] = mapped_column(Float)
-    offered_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    # Set once `job:new` went out and the push was queued; a redelivered task resumes here.
-    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    closed_reason: Mapped[str | None] = mapped_column(String(16), nullable=True)
-
-    job: Mapped[Job] = relationship(lazy="joined")
-
-    def is_open_in(self, job: Job) -> bool:
-        """Offered in the job's current round, and neither declined nor released."""
-        return self.round == job.offer_round and self.closed_at is None
-
-
 def require_role(user: User, role: str) -> None:
     if user.role != role:
         raise Forbidden(f"Only a {role} can do this.")
-
-
-def offer_of(session: Session, job_id: int, driver_id: int) -> Offer | None:
-    return session.scalar(
-        select(Offer)
-        .options(lazyload(Offer.job))
-        .where(Offer.job_id == job_id, Offer.driver_id == driver_id)
-    )
-
-
-def job_for_user(session: Session, user: User, job_id: int) -> Job:
-    """The job if `user` may see it: its customer, its driver, or a driver it is offered
-    to in its current round while it is pending. Anyone else gets NotFound, never the data."""
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound("No such job.")
-    if job.customer_id == user.id or (job.driver_id is not None and job.driver_id == user.id):
-        return job
-    if user.is_driver and job.status == JobStatus.pending:
-        offer = offer_of(session, job.id, user.id)
-        if offer is not None and offer.is_open_in(job):
-            return job
-    raise NotFound("No such job.")
 
 
 def customer_jobs(session: Session, customer: User, status: JobStatus | None) -> list[Job]:

@@ -21,7 +21,8 @@ from models.accounts import DriverProfile, User
 from models.db import utcnow
 from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
 from models.job_events import EventType, JobEvent, last_step, record_event
-from models.jobs import Job, JobStatus, Offer, OfferClosed, Place, offer_of, require_role
+from models.jobs import Job, JobStatus, Place, require_role
+from models.offers import Offer, OfferClosed, offer_of
 from settings import settings
 
 CANCELLABLE = (JobStatus.pending, JobStatus.accepted, JobStatus.arrived)

@@ -23,7 +23,8 @@ from pydantic_core import CoreSchema
 
 from models.accounts import User
 from models.job_events import EventType, JobEvent
-from models.jobs import Job, JobStatus, Offer, Place
+from models.jobs import Job, JobStatus, Place
+from models.offers import Offer
 from models.tracking import Position, tracked_positions
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from models.db import session_scope
 from models.job_events import EventType, JobEvent
-from models.jobs import Offer
+from models.offers import Offer
 from tests.factories import Factory, HttpClient
 from tests.processes import PrivateRedis, start_beat, start_web, start_workers, wait_until
 

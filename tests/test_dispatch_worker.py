@@ -18,7 +18,8 @@ from fake_apns import Behaviour, FakeAPNs
 from models.db import session_scope, utcnow
 from models.devices import DeviceToken
 from models.job_events import JobEvent
-from models.jobs import Job, Offer
+from models.jobs import Job
+from models.offers import Offer
 from settings import settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of

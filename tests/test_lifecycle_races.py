@@ -24,7 +24,8 @@ from sqlalchemy import select
 from models.accounts import DriverProfile
 from models.db import session_scope
 from models.job_events import JobEvent
-from models.jobs import ON_JOB, Job, Offer
+from models.jobs import ON_JOB, Job
+from models.offers import Offer
 from tests.factories import Account, Factory, HttpClient
 from tests.processes import start_web
 
