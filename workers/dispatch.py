@@ -25,7 +25,6 @@ from models.job_events import (
     mark_announced,
 )
 from models.jobs import Job, JobStatus
-from models.lifecycle import expire_due_jobs
 from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
 from models.rooms import customer_room, driver_room
 from models.schemas import JobView, OfferView, as_json, job_views, utc_z
@@ -176,9 +175,3 @@ def _removal(
         drivers = round_driver_ids(session, job.id, job.offer_round)
         return {"job_id": job.id, "reason": event.type}, [driver_room(d) for d in drivers]
     return None
-
-
-def expire_jobs_now() -> list[tuple[int, str]]:
-    """Expire the pending jobs past their expiry; returns their events to announce."""
-    with session_scope() as session:
-        return [(event.id, event.type) for event in expire_due_jobs(session)]

@@ -14,9 +14,11 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
+from models.db import session_scope
+from models.lifecycle import expire_due_jobs
 from workers.apns import apns_enabled
 from workers.celery_app import app
-from workers.dispatch import announce_change, deliver_offers, expire_jobs_now, offer_job
+from workers.dispatch import announce_change, deliver_offers, offer_job
 from workers.enqueue import announce, enqueue_push
 from workers.notifications import PUSH_MAX_RETRIES, push_event
 from workers.relay import overdue_announcements, overdue_pushes
@@ -35,7 +37,9 @@ def _warn_if_pushes_are_off(**_: object) -> None:
         )
 
 
-retried = {
+# Every task's Celery options: retried with jittered exponential backoff while Redis, the
+# broker or the database is unreachable.
+RETRY_WHILE_UNREACHABLE = {
     "bind": True,
     "autoretry_for": TRANSIENT,
     "retry_backoff": True,
@@ -45,7 +49,7 @@ retried = {
 }
 
 
-@app.task(name="workers.tasks.notify_nearby", **retried)
+@app.task(name="workers.tasks.notify_nearby", **RETRY_WHILE_UNREACHABLE)
 def notify_nearby(self: Task, event_id: int) -> None:
     """`created` / `released`: offer the round to the eligible drivers; `offered`: send
     them `job:new` (and queue their pushes)."""
@@ -56,20 +60,20 @@ def notify_nearby(self: Task, event_id: int) -> None:
         enqueue_push(notice.event_id)
 
 
-@app.task(name="workers.tasks.notify_accepted", **retried)
+@app.task(name="workers.tasks.notify_accepted", **RETRY_WHILE_UNREACHABLE)
 def notify_accepted(self: Task, event_id: int) -> None:
     if announce_change(event_id):
         enqueue_push(event_id)
 
 
-@app.task(name="workers.tasks.notify_status", **retried)
+@app.task(name="workers.tasks.notify_status", **RETRY_WHILE_UNREACHABLE)
 def notify_status(self: Task, event_id: int) -> None:
     """`arrived`, `started`, `completed`: `job:status` and the customer's push."""
     if announce_change(event_id):
         enqueue_push(event_id)
 
 
-@app.task(name="workers.tasks.notify_removed", **retried)
+@app.task(name="workers.tasks.notify_removed", **RETRY_WHILE_UNREACHABLE)
 def notify_removed(self: Task, event_id: int) -> None:
     """`cancelled`, `expired`, `declined`: `job:removed` to the drivers who drop it."""
     if announce_change(event_id):
@@ -78,11 +82,7 @@ def notify_removed(self: Task, event_id: int) -> None:
 
 @app.task(
     name="workers.tasks.send_push",
-    bind=True,
-    autoretry_for=TRANSIENT,
-    retry_backoff=True,
-    retry_jitter=True,
-    max_retries=PUSH_MAX_RETRIES + 2,  # the bound that counts is the event row's
+    **RETRY_WHILE_UNREACHABLE | {"max_retries": PUSH_MAX_RETRIES + 2},  # the row's bound counts
 )
 def send_push(self: Task, event_id: int) -> None:
     countdown = push_event(event_id)
@@ -90,7 +90,7 @@ def send_push(self: Task, event_id: int) -> None:
         raise self.retry(countdown=countdown)
 
 
-@app.task(name="workers.tasks.relay_events", **retried)
+@app.task(name="workers.tasks.relay_events", **RETRY_WHILE_UNREACHABLE)
 def relay_events(self: Task) -> int:
     """Beat: re-drive every announcement and push that is overdue (its enqueue was lost,
     or the process holding it died)."""
@@ -104,9 +104,10 @@ def relay_events(self: Task) -> int:
     return len(events) + len(pushes)
 
 
-@app.task(name="workers.tasks.expire_jobs", **retried)
+@app.task(name="workers.tasks.expire_jobs", **RETRY_WHILE_UNREACHABLE)
 def expire_jobs(self: Task) -> int:
     """Beat: expire pending jobs past `expires_at` and announce it."""
-    events = expire_jobs_now()
-    announce(events)
-    return len(events)
+    with session_scope() as session:
+        expired = [(event.id, event.type) for event in expire_due_jobs(session)]
+    announce(expired)
+    return len(expired)
