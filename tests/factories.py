@@ -12,27 +12,10 @@ from flask.testing import FlaskClient
 from models.db import redis_connection, session_scope
 from models.jobs import Job
 from models.offers import offer_round
+from tests.contract import JOB_FIELDS as JOB_FIELDS  # tests/test_openapi.py imports it from here
+from tests.contract import bearer
 
 _serial = itertools.count(1)
-# The contract's Job fields, in the order the API answers them.
-JOB_FIELDS = (
-    "id",
-    "status",
-    "pickup",
-    "dropoff",
-    "notes",
-    "customer",
-    "driver",
-    "created_at",
-    "accepted_at",
-    "expires_at",
-    "arrived_at",
-    "started_at",
-    "completed_at",
-    "cancelled_at",
-    "cancelled_by",
-    "driver_location",
-)
 PASSWORD = "correct horse battery"
 
 # A point in Lisbon and points at known great-circle distances north of it (1° lat ≈ 111.2 km).
@@ -53,7 +36,7 @@ class Account:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        return bearer(self.token)
 
 
 class Factory:

@@ -11,7 +11,7 @@ from models.db import session_scope
 from models.job_events import JobEvent
 from models.jobs import Job
 from tests.factories import Account, Factory
-from tests.queues import queued_tasks
+from tests.stored import queued_tasks
 
 DRIVERS = 30
 JOBS = 50

@@ -1,10 +1,8 @@
 """Register, login, throttling, and who may call what: 401 without a valid token, 403 for the
-wrong role. Also home to the checks the other test_api_* modules share (the error body, what
-the stores hold)."""
+wrong role."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,48 +10,18 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
-from sqlalchemy import select, text
+from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from models.accounts import DriverProfile, User, issue_token
-from models.db import engine, redis_connection, session_scope
+from models.db import session_scope
 from settings import settings
+from tests.contract import API, assert_error, bearer
 from tests.factories import ORIGIN, PASSWORD, Account, Factory
-from tests.queues import queued_tasks
+from tests.stored import db_rows, stored_state
 
-API = "/api/v1"
-UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-TABLES = ("users", "driver_profiles", "device_tokens", "jobs", "offers", "job_events")
 TOKEN_SALT = "dispatch.auth.v1"  # models.accounts signs tokens with it
-
-
-# --- shared checks -----------------------------------------------------------------------
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def assert_error(
-    answer: TestResponse, status: int, code: str, fields: str | set[str] | None = None
-) -> dict[str, Any]:
-    """The contract's error body and nothing else; `fields` (exactly these names, each with a
-    reason) only on validation errors."""
-    assert answer.status_code == status, answer.get_data(as_text=True)
-    assert answer.mimetype == "application/json"
-    body = answer.get_json()
-    assert list(body) == ["error"], body
-    error = body["error"]
-    assert error["code"] == code, error
-    assert isinstance(error["message"], str) and error["message"].strip(), error
-    if fields is None:
-        assert list(error) == ["code", "message"], error
-    else:
-        expected = {fields} if isinstance(fields, str) else fields
-        assert list(error) == ["code", "message", "fields"], error
-        assert set(error["fields"]) == expected, error["fields"]
-        assert all(isinstance(why, str) and why for why in error["fields"].values())
-    return error
+UNAUTHORIZED = (401, "unauthorized", ["code", "message"], True)
 
 
 def error_outcome(answer: TestResponse) -> tuple[Any, ...]:
@@ -63,37 +31,6 @@ def error_outcome(answer: TestResponse) -> tuple[Any, ...]:
         return answer.status_code, answer.get_data(as_text=True)
     error = body["error"]
     return answer.status_code, error.get("code"), list(error), bool(error.get("message"))
-
-
-UNAUTHORIZED = (401, "unauthorized", ["code", "message"], True)
-
-
-def db_rows() -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table: equal before and after means nothing was written."""
-    with engine().connect() as conn:
-        return {
-            table: [tuple(row) for row in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1"))]
-            for table in TABLES
-        }
-
-
-def positions() -> dict[str, Any]:
-    """The drivers' live positions and report times in Redis."""
-    r = redis_connection()
-    return {
-        part: r.zrange(settings.redis_key("drivers", part), 0, -1, withscores=True)
-        for part in ("geo", "seen")
-    }
-
-
-def redis_keys() -> list[str]:
-    return sorted(redis_connection().scan_iter(match=f"{settings.redis_prefix}:*"))
-
-
-def stored_state() -> tuple[Any, ...]:
-    """What a request could have written: the database, the positions, the task queues, and
-    which Redis keys exist (a login attempt, for one, leaves a throttle key)."""
-    return db_rows(), positions(), queued_tasks(), queued_tasks("push"), redis_keys()
 
 
 # --- register ----------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from werkzeug.test import TestResponse
 
 from models.db import session_scope
 from models.devices import DeviceToken
+from tests.contract import API, assert_error
 from tests.factories import Account, Factory
-from tests.test_api_auth import API, assert_error, db_rows
+from tests.stored import db_rows
 
 TOKEN = "0123456789ABCDEF" * 4  # 32 bytes, as Apple sends them today
 STORED = TOKEN.lower()

@@ -12,9 +12,9 @@ from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope, utcnow
 from models.jobs import Job
 from models.positions import Candidate, drivers_near
+from tests.contract import API, UTC_Z, assert_error, assert_job, parse_time
 from tests.factories import ORIGIN, Account, Factory, north_of
-from tests.test_api_auth import API, UTC_Z, assert_error, positions
-from tests.test_api_jobs import assert_job, parse_time
+from tests.stored import positions
 
 AVAILABILITY = f"{API}/drivers/me/availability"
 LOCATION = f"{API}/drivers/me/location"

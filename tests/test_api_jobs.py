@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -13,29 +13,11 @@ from werkzeug.test import TestResponse
 from models.accounts import DriverProfile
 from models.db import session_scope, utcnow
 from models.jobs import Job
-from tests.factories import JOB_FIELDS, ORIGIN, Account, Factory
-from tests.queues import queued_tasks
-from tests.test_api_auth import API, UTC_Z, assert_error, db_rows
+from tests.contract import API, assert_error, assert_job, parse_time
+from tests.factories import ORIGIN, Account, Factory
+from tests.stored import db_rows, queued_tasks
 
 JOBS = f"{API}/jobs"
-JOB_KEYS = list(JOB_FIELDS)
-OFFER_TTL = timedelta(minutes=10)  # the contract's default
-
-
-def parse_time(value: str) -> datetime:
-    assert UTC_Z.match(value), value
-    return datetime.fromisoformat(value)
-
-
-def assert_job(job: dict[str, Any], **expected: Any) -> None:
-    """The contract's Job: its keys in order, UTC `Z` times, and the `expected` values."""
-    assert list(job) == JOB_KEYS, job
-    assert isinstance(job["id"], int)
-    created, expires = parse_time(job["created_at"]), parse_time(job["expires_at"])
-    assert expires - created == OFFER_TTL
-    if job["accepted_at"] is not None:
-        assert created <= parse_time(job["accepted_at"]) <= expires
-    assert {key: job[key] for key in expected} == expected
 
 
 def _create(

@@ -11,8 +11,9 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from tests.contract import API, assert_error
 from tests.factories import Account, Factory
-from tests.test_api_auth import API, assert_error, stored_state
+from tests.stored import stored_state
 
 GOOD: dict[str, dict[str, Any]] = {
     "register": {

@@ -13,8 +13,9 @@ from models.devices import DeviceToken
 from models.job_events import JobEvent
 from models.jobs import Job
 from models.positions import drivers_near
-from tests.factories import JOB_FIELDS, ORIGIN, PASSWORD, Factory
-from tests.queues import queued_tasks
+from tests.contract import JOB_FIELDS
+from tests.factories import ORIGIN, PASSWORD, Factory
+from tests.stored import queued_tasks
 
 UTC_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 

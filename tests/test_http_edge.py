@@ -20,7 +20,7 @@ from models.db import session_scope
 from settings import settings
 from tests.factories import PASSWORD
 from tests.processes import start_web
-from tests.test_api_auth import db_rows
+from tests.stored import db_rows
 
 pytestmark = pytest.mark.slow
 

@@ -21,10 +21,9 @@ from models.db import session_scope, utcnow
 from models.jobs import Job
 from models.lifecycle import expire_due_jobs
 from settings import settings
-from tests.factories import JOB_FIELDS, ORIGIN, Account, Factory, north_of
-from tests.queues import queued_tasks
-from tests.test_api_auth import API, assert_error, db_rows
-from tests.test_api_jobs import parse_time
+from tests.contract import API, JOB_FIELDS, assert_error, parse_time
+from tests.factories import ORIGIN, Account, Factory, north_of
+from tests.stored import db_rows, queued_tasks
 
 JOBS = f"{API}/jobs"
 ME = f"{API}/drivers/me"

@@ -22,8 +22,9 @@ from fake_apns import FakeAPNs
 from models.db import session_scope, utcnow
 from models.job_events import JobEvent
 from models.jobs import Job
+from tests.contract import JOB_FIELDS
 from tests.events import EventTap
-from tests.factories import JOB_FIELDS, ORIGIN, Account, Factory, north_of
+from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_workers, wait_until
 from workers.celery_app import app as celery_app
 
