@@ -13,11 +13,11 @@ from typing import Any
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, select, text
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.db import Base, UTCDateTime, utcnow
+from models.db import Base, UTCDateTime, partial_index, utcnow
 from models.errors import Conflict, ServiceUnavailable, Unauthorized
 from settings import settings
 
@@ -122,11 +122,10 @@ class DriverProfile(Base):
     __table_args__ = (
         # Covers the dispatch rule's availability check: an index-only scan of the drivers
         # who may get work, whatever the number of candidates the geo search found.
-        Index(
+        partial_index(
             "ix_driver_profiles_dispatchable",
             "user_id",
-            postgresql_where=text("online AND approved AND current_job_id IS NULL"),
-            sqlite_where=text("online AND approved AND current_job_id IS NULL"),
+            "online AND approved AND current_job_id IS NULL",
         ),
     )
 

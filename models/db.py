@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, Index, create_engine, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -47,12 +47,28 @@ class Base(DeclarativeBase):
     pass
 
 
+def partial_index(name: str, column: str, where: str) -> Index:
+    """An index of the rows matching `where` only, on PostgreSQL and SQLite alike."""
+    return Index(name, column, postgresql_where=text(where), sqlite_where=text(where))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL and a busy timeout, so the processes of `make run` wait for each other's writes
+    instead of failing; sqlite3's own BEGIN off, for `_begin_immediate`."""
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """Every transaction takes SQLite's one write lock at its start, so it holds the database
+    from its first read to its commit, as `FOR UPDATE` and the advisory locks hold rows on
+    PostgreSQL. (sqlite3 alone would begin only at the first write, after the reads a step
+    decides on, and a concurrent step could change what they saw.)"""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def build_engine(url: str) -> Engine:
@@ -62,6 +78,7 @@ def build_engine(url: str) -> Engine:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _begin_immediate)
         return engine
     # A database that accepts and never answers must not hold a thread for the kernel's
     # TCP timeout: connecting gives up after 5 s (the gateway's token checks rely on it).

@@ -22,13 +22,12 @@ from sqlalchemy import (
     func,
     insert,
     select,
-    text,
     update,
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, utcnow
+from models.db import Base, UTCDateTime, partial_index, utcnow
 
 
 class EventType(StrEnum):
@@ -65,18 +64,8 @@ class JobEvent(Base):
             name="ck_job_events_type",
         ),
         Index("ix_job_events_job", "job_id", "id"),
-        Index(
-            "ix_job_events_unannounced",
-            "id",
-            postgresql_where=text("announced_at IS NULL"),
-            sqlite_where=text("announced_at IS NULL"),
-        ),
-        Index(
-            "ix_job_events_push_due",
-            "push_due_at",
-            postgresql_where=text("push_due_at IS NOT NULL"),
-            sqlite_where=text("push_due_at IS NOT NULL"),
-        ),
+        partial_index("ix_job_events_unannounced", "id", "announced_at IS NULL"),
+        partial_index("ix_job_events_push_due", "push_due_at", "push_due_at IS NOT NULL"),
     )
 
     id: Mapped[int] = mapped_column(

@@ -146,40 +146,57 @@ STEP_WORDS = {
 }
 
 
-NOW = object()  # stands for the step's time in `_drivers_step` values
+@dataclass(frozen=True)
+class DriverStep:
+    """A step only the job's driver takes: from which statuses, to which, which of the
+    job's times it stamps, and whether it ends their work on the job."""
+
+    event: EventType
+    allowed: tuple[JobStatus, ...]
+    becomes: JobStatus
+    stamps: tuple[str, ...] = ()
+    frees_driver: bool = False
+
+
+ARRIVE = DriverStep(EventType.arrived, (JobStatus.accepted,), JobStatus.arrived, ("arrived_at",))
+START = DriverStep(EventType.started, (JobStatus.arrived,), JobStatus.in_progress, ("started_at",))
+COMPLETE = DriverStep(
+    EventType.completed,
+    (JobStatus.in_progress,),
+    JobStatus.completed,
+    ("completed_at", "ended_at"),
+    frees_driver=True,
+)
+RELEASE = DriverStep(EventType.released, RELEASABLE, JobStatus.pending, frees_driver=True)
 
 
 def _drivers_step(
-    session: Session,
-    driver: User,
-    job_id: int,
-    step: EventType,
-    allowed: tuple[JobStatus, ...],
-    frees_driver: bool,
-    **values: Any,
+    session: Session, driver: User, job_id: int, step: DriverStep, **values: Any
 ) -> Step:
-    """A step of the job's driver: the conditional UPDATE, the driver freed if the step
-    ends their work on it, and the event (with the round the job is in now); a retry
-    answers the job and records nothing."""
+    """A step of the job's driver: the conditional UPDATE (with `values` besides the
+    status and stamps), the driver freed if the step ends their work on it, and the event
+    (with the round the job is in now); a retry answers the job and records nothing."""
     require_role(driver, "driver")
     now = utcnow()
     row = _transition(
         session,
         job_id,
-        Job.status.in_([s.value for s in allowed]),
+        Job.status.in_([s.value for s in step.allowed]),
         Job.driver_id == driver.id,
-        **{name: now if value is NOW else value for name, value in values.items()},
+        status=step.becomes.value,
+        **dict.fromkeys(step.stamps, now),
+        **values,
     )
     if row is None:
         job = session.get(Job, job_id)
         is_driver = job is not None and job.driver_id == driver.id
         if job is not None and not is_driver and _saw_it(session, driver, job):
             raise Forbidden("Only the job's driver can do this.")
-        return Step(_refused(session, driver, job_id, step, is_driver))
-    if frees_driver:
+        return Step(_refused(session, driver, job_id, step.event, is_driver))
+    if step.frees_driver:
         _free_driver(session, driver.id, job_id)
     event = record_event(
-        session, job_id, step, driver, now, driver_id=driver.id, round=row.offer_round
+        session, job_id, step.event, driver, now, driver_id=driver.id, round=row.offer_round
     )
     return Step(_fresh(session, job_id), [event])
 
@@ -242,44 +259,16 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
 
 
 def arrive_job(session: Session, driver: User, job_id: int) -> Step:
-    return _drivers_step(
-        session,
-        driver,
-        job_id,
-        EventType.arrived,
-        (JobStatus.accepted,),
-        frees_driver=False,
-        status=JobStatus.arrived.value,
-        arrived_at=NOW,
-    )
+    return _drivers_step(session, driver, job_id, ARRIVE)
 
 
 def start_job(session: Session, driver: User, job_id: int) -> Step:
-    return _drivers_step(
-        session,
-        driver,
-        job_id,
-        EventType.started,
-        (JobStatus.arrived,),
-        frees_driver=False,
-        status=JobStatus.in_progress.value,
-        started_at=NOW,
-    )
+    return _drivers_step(session, driver, job_id, START)
 
 
 def complete_job(session: Session, driver: User, job_id: int) -> Step:
     """Finish the job; its driver is free for the next one in the same transaction."""
-    return _drivers_step(
-        session,
-        driver,
-        job_id,
-        EventType.completed,
-        (JobStatus.in_progress,),
-        frees_driver=True,
-        status=JobStatus.completed.value,
-        completed_at=NOW,
-        ended_at=NOW,
-    )
+    return _drivers_step(session, driver, job_id, COMPLETE)
 
 
 def release_job(session: Session, driver: User, job_id: int) -> Step:
@@ -289,10 +278,7 @@ def release_job(session: Session, driver: User, job_id: int) -> Step:
         session,
         driver,
         job_id,
-        EventType.released,
-        RELEASABLE,
-        frees_driver=True,
-        status=JobStatus.pending.value,
+        RELEASE,
         driver_id=None,
         accepted_at=None,
         arrived_at=None,
