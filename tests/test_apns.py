@@ -19,7 +19,8 @@ from fake_apns import Behaviour, Credentials, FakeAPNs
 from models.db import redis_connection
 from settings import PROJECT_ROOT, settings
 from workers import apns
-from workers.apns import Outcome, Push, classify, send_pushes
+from workers.apns import Outcome, Push, classify, provider_token, send_pushes
+from workers.apns.sender import current_sender
 from workers.notifications import push_backoff_s
 
 pytestmark = pytest.mark.usefixtures("apns_settings")
@@ -67,7 +68,7 @@ def sign(credentials: Credentials, issued_at: float) -> str:
 
 def forget_local_token() -> None:
     """Make this process read the shared token again, as a newly started worker would."""
-    apns._current_sender().auth.issued_at = 0
+    current_sender().auth.issued_at = 0
 
 
 # --- the answer rules ---------------------------------------------------------------------
@@ -274,14 +275,14 @@ def test_the_call_is_bounded_even_with_more_pushes_than_slots(fake_apns: FakeAPN
 
 def test_a_forked_child_pushes_on_its_own_loop_and_connection(fake_apns: FakeAPNs) -> None:
     send_pushes([offer_push(1)])
-    parent = apns._current_sender()
+    parent = current_sender()
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child reports through the pipe
         code = 1
         try:
             [result] = send_pushes([offer_push(2)], timeout_s=5)
-            child_sender = apns._current_sender()
+            child_sender = current_sender()
             fresh = child_sender is not parent and child_sender.pid == os.getpid()
             os.write(write_end, f"{result.outcome} {fresh}".encode())
             code = 0
@@ -371,7 +372,7 @@ def test_without_redis_the_process_signs_its_own_token(
     fake_apns: FakeAPNs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead = redis.Redis(port=1, decode_responses=True, retry=Retry(NoBackoff(), 0))
-    monkeypatch.setattr(apns, "redis_connection", lambda: dead)
+    monkeypatch.setattr(provider_token, "redis_connection", lambda: dead)
     forget_local_token()
     with caplog.at_level(logging.WARNING, logger="workers.apns"):
         [result] = send_pushes([offer_push(1)])
