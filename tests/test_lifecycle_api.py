@@ -145,8 +145,13 @@ def _tasks_since(before: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return now[: len(now) - len(before)]
 
 
+def _stored_events(job_id: int) -> list[tuple[int, str]]:
+    """The job's events, oldest first: (id, type) of each."""
+    return [(row[0], row[2]) for row in db_rows()["job_events"] if row[1] == job_id]
+
+
 def _event_types(job_id: int) -> list[str]:
-    return [row[2] for row in db_rows()["job_events"] if row[1] == job_id]
+    return [type_ for _, type_ in _stored_events(job_id)]
 
 
 def _between(value: str | None, earlier: datetime, later: datetime) -> datetime:
@@ -407,6 +412,15 @@ def test_another_customer_cancelling_is_404(
 
 # --- 4. retries -----------------------------------------------------------------------------
 
+# The task that announces each step's event, by the event's id.
+ANNOUNCED_BY = {
+    "accept": "notify_accepted",
+    "arrive": "notify_status",
+    "start": "notify_status",
+    "complete": "notify_status",
+    "release": "notify_nearby",
+    "cancel": "notify_removed",
+}
 RETRIES = [  # (the status before, the step, who takes it)
     ("pending", "accept", "driver"),
     ("accepted", "arrive", "driver"),
@@ -426,10 +440,12 @@ def test_a_retried_step_answers_the_same_job_and_writes_and_announces_nothing(
 ) -> None:
     trip = _trip(client, factory, status)
     who = trip.driver if by == "driver" else trip.customer
-    events, tasks = _event_types(trip.job_id), queued_tasks()
+    events, tasks = _stored_events(trip.job_id), queued_tasks()
     first = _ok(client, who, trip.job_id, step)
-    [made] = _event_types(trip.job_id)[len(events) :]  # the step wrote its event …
-    assert len(_tasks_since(tasks)) == 1  # … and queued its announcement
+    [(made_id, made)] = _stored_events(trip.job_id)[len(events) :]  # the step wrote its event …
+    assert _tasks_since(tasks) == [  # … and queued its announcement
+        {"task": f"workers.tasks.{ANNOUNCED_BY[step]}", "args": [made_id]}
+    ]
     before = _everything_stored()
     again = _post(client, who, trip.job_id, step)
     assert (again.status_code, again.get_json()) == (200, first)
