@@ -368,6 +368,80 @@ def test_a_young_token_is_not_resigned_even_if_apple_calls_it_expired(
     assert first.headers["authorization"] == again.headers["authorization"]
 
 
+def resign_due(credentials: Credentials) -> str:
+    """A shared token 41 minutes old, so that the next refresh re-signs."""
+    issued_at = int(time.time() - 41 * 60)
+    stored = f"{issued_at}:{sign(credentials, issued_at)}"
+    redis_connection().set(shared_token_key(), stored)
+    return stored
+
+
+def hold_the_signing_lock() -> redis.lock.Lock:
+    lock = redis_connection().lock(settings.redis_key("apns", "provider_token", "lock"), 10)
+    assert lock.acquire(blocking=False)
+    return lock
+
+
+def test_one_process_signs_the_next_token_and_the_others_take_it(
+    apns_credentials: Credentials,
+) -> None:
+    resign_due(apns_credentials)
+    key = apns_credentials.signing_key_file.read_text()
+    processes = [provider_token.SharedProviderToken(key) for _ in range(8)]
+    together = threading.Barrier(len(processes))
+
+    def refresh(process: provider_token.SharedProviderToken) -> None:
+        together.wait()
+        process.refresh()
+
+    threads = [threading.Thread(target=refresh, args=(p,)) for p in processes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # ES256 signatures are randomised: two signers would hold two different tokens.
+    assert len({p.token for p in processes}) == 1
+    stored = str(redis_connection().get(shared_token_key()))
+    assert stored == f"{processes[0].issued_at}:{processes[0].token}"
+
+
+def test_a_process_waits_for_the_signer_and_takes_its_token(
+    apns_credentials: Credentials,
+) -> None:
+    resign_due(apns_credentials)
+    signer = hold_the_signing_lock()
+    waiting = provider_token.SharedProviderToken(apns_credentials.signing_key_file.read_text())
+    refresh = threading.Thread(target=waiting.refresh)
+    refresh.start()
+    time.sleep(0.3)  # proves it waits: no token of its own while the lock is held
+    assert waiting.token == ""
+    issued_at = int(time.time())
+    signed = sign(apns_credentials, issued_at)
+    redis_connection().set(shared_token_key(), f"{issued_at}:{signed}")
+    signer.release()
+    refresh.join(provider_token.TOKEN_LOCK_WAIT_S + 5)
+    assert (waiting.issued_at, waiting.token) == (issued_at, signed)
+
+
+def test_a_lock_held_too_long_and_the_process_signs_its_own_token(
+    apns_credentials: Credentials,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stored = resign_due(apns_credentials)
+    monkeypatch.setattr(provider_token, "TOKEN_LOCK_WAIT_S", 0.3)
+    signer = hold_the_signing_lock()
+    try:
+        process = provider_token.SharedProviderToken(apns_credentials.signing_key_file.read_text())
+        with caplog.at_level(logging.WARNING, logger="workers.apns"):
+            process.refresh()
+    finally:
+        signer.release()
+    assert "lock held too long; signing locally" in caplog.text
+    assert process.token and process.issued_at >= int(time.time()) - 5
+    assert redis_connection().get(shared_token_key()) == stored  # the signer's to replace
+
+
 def test_without_redis_the_process_signs_its_own_token(
     fake_apns: FakeAPNs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

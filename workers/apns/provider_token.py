@@ -4,7 +4,6 @@ that many worker processes never trip Apple's TooManyProviderTokenUpdates."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -20,7 +19,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_REUSE_S = 40 * 60  # a shared token is re-signed after 40 min: inside Apple's 20–60 min
 TOKEN_MIN_AGE_FOR_RESIGN_S = 20 * 60  # Apple answers TooManyProviderTokenUpdates below this
-TOKEN_LOCK_WAIT_S = 2.0
+TOKEN_LOCK_WAIT_S = 2.0  # how long a process waits for another to sign
+TOKEN_LOCK_TTL_S = 10  # a signer that dies holding the lock holds it no longer than this
 
 
 def _sign(key: str, issued_at: int) -> str:
@@ -77,21 +77,38 @@ class SharedProviderToken(AuthorizationHeaderProvider):
         return int(now), _sign(self.key, int(now))
 
     def _shared(self, now: float, rejected: bool) -> tuple[int, str]:
+        """The shared token if young enough; else one process signs the next under a Redis
+        lock while the others wait for it, up to TOKEN_LOCK_WAIT_S, then read it."""
         r = redis_connection()
         key = settings.redis_key("apns", "provider_token")
-        lock = settings.redis_key("apns", "provider_token", "lock")
-        give_up_at = time.monotonic() + TOKEN_LOCK_WAIT_S
-        while time.monotonic() < give_up_at:
-            shared = _parse_shared(r.get(key))
-            if shared is not None and not self._too_old(now - shared[0], rejected):
+        shared = self._young_shared(r.get(key), now, rejected)
+        if shared is not None:
+            return shared
+        lock = r.lock(
+            settings.redis_key("apns", "provider_token", "lock"),
+            timeout=TOKEN_LOCK_TTL_S,
+            sleep=0.05,
+            blocking_timeout=TOKEN_LOCK_WAIT_S,
+            raise_on_release_error=False,  # held past its TTL: another may hold it now
+        )
+        if not lock.acquire():
+            shared = self._young_shared(r.get(key), now, rejected)
+            if shared is not None:
                 return shared
-            if r.set(lock, os.getpid(), nx=True, ex=10):
-                try:
-                    signed = self._signed(now)
-                    r.set(key, f"{signed[0]}:{signed[1]}", ex=60 * 60)
-                    return signed
-                finally:
-                    r.delete(lock)
-            time.sleep(0.05)  # another process is signing: take its token
-        log.warning("APNs provider token lock held too long; signing locally")
-        return self._signed(now)
+            log.warning("APNs provider token lock held too long; signing locally")
+            return self._signed(now)
+        try:
+            shared = self._young_shared(r.get(key), now, rejected)  # signed while we waited
+            if shared is not None:
+                return shared
+            signed = self._signed(now)
+            r.set(key, f"{signed[0]}:{signed[1]}", ex=60 * 60)
+            return signed
+        finally:
+            lock.release()
+
+    def _young_shared(self, raw: Any, now: float, rejected: bool) -> tuple[int, str] | None:
+        shared = _parse_shared(raw)
+        if shared is None or self._too_old(now - shared[0], rejected):
+            return None
+        return shared
