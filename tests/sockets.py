@@ -47,6 +47,22 @@ class Listener:
         self.client.disconnect()
 
 
+class Listeners:
+    """The listeners a test opens, each closed by `close()` at its end."""
+
+    def __init__(self) -> None:
+        self.opened: list[Listener] = []
+
+    def open(self, port: int, token: str | None) -> Listener:
+        listener = Listener(port, token)
+        self.opened.append(listener)
+        return listener
+
+    def close(self) -> None:
+        for listener in self.opened:
+            listener.close()
+
+
 def emit_until_seen(
     send: Callable[[], None], listener: Listener, event: str, timeout_s: float = 15
 ) -> None:

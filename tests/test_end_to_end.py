@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -24,7 +24,7 @@ from tests.processes import (
     start_workers,
     wait_until,
 )
-from tests.sockets import Listener, emit_until_seen
+from tests.sockets import Listener, Listeners, emit_until_seen
 from workers.events import emit
 
 pytestmark = pytest.mark.slow
@@ -74,17 +74,14 @@ def http_factory(stack: Stack) -> Factory:
 
 
 @pytest.fixture
-def connect(stack: Stack) -> Iterator:
-    opened: list[Listener] = []
-
-    def open_listener(account: Account, gateway: int = 0) -> Listener:
-        listener = Listener(stack.gateways[gateway % len(stack.gateways)], account.token)
-        opened.append(listener)
-        return listener
-
-    yield open_listener
-    for listener in opened:
-        listener.close()
+def connect(stack: Stack) -> Iterator[Callable[..., Listener]]:
+    """Opens a listener for an account on gateway 0 or another."""
+    listeners = Listeners()
+    gateways = stack.gateways
+    yield lambda account, gateway=0: listeners.open(
+        gateways[gateway % len(gateways)], account.token
+    )
+    listeners.close()
 
 
 def test_a_job_goes_from_customer_to_one_driver(

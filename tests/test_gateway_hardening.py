@@ -24,9 +24,9 @@ from websockets.sync.client import ClientConnection, connect
 from models.db import redis_connection
 from models.positions import drivers_near
 from settings import settings
-from tests.factories import ORIGIN, Account, Factory
+from tests.factories import ORIGIN, Factory
 from tests.processes import PrivateRedis, Process, free_port, start_gateway
-from tests.sockets import Listener, emit_until_seen
+from tests.sockets import Listener, Listeners, emit_until_seen
 from workers.events import PublishingRedisManager, emit, socketio_channel
 
 pytestmark = pytest.mark.slow
@@ -51,16 +51,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Process,
 
 @pytest.fixture
 def listen(gateway: tuple[Process, int]) -> Iterator[Callable[..., Listener]]:
-    opened: list[Listener] = []
-
-    def open_listener(account: Account, port: int | None = None) -> Listener:
-        listener = Listener(port or gateway[1], account.token)
-        opened.append(listener)
-        return listener
-
-    yield open_listener
-    for listener in opened:
-        listener.close()
+    """Opens a listener for an account on this module's gateway, or on `port`."""
+    listeners = Listeners()
+    yield lambda account, port=None: listeners.open(port or gateway[1], account.token)
+    listeners.close()
 
 
 # --- 4. reserved event names ---------------------------------------------------------------

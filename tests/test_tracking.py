@@ -34,7 +34,7 @@ from models.tracking import (
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_gateway, start_workers, wait_until
-from tests.sockets import Listener, emit_until_seen
+from tests.sockets import Listener, Listeners, emit_until_seen
 from workers.events import customer_room, driver_room, emit
 
 UPDATE = "job:driver_location"
@@ -73,19 +73,17 @@ def gateways(
 @pytest.fixture
 def connect(gateways: list[int]) -> Iterator[Callable[..., Listener]]:
     """Opens a socket for an account on gateway 0 or 1, once that gateway delivers to it."""
-    opened: list[Listener] = []
+    listeners = Listeners()
 
     def open_socket(account: Account, gateway: int = 0) -> Listener:
-        listener = Listener(gateways[gateway], account.token)
-        opened.append(listener)
+        listener = listeners.open(gateways[gateway], account.token)
         room = driver_room(account.id) if account.role == "driver" else customer_room(account.id)
         # A gateway subscribes to Redis only after its first client connects.
         emit_until_seen(lambda: emit("tracking:ready", {}, [room]), listener, "tracking:ready")
         return listener
 
     yield open_socket
-    for listener in opened:
-        listener.close()
+    listeners.close()
 
 
 @pytest.fixture
