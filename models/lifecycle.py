@@ -106,7 +106,7 @@ def _transition(session: Session, job_id: int, *where: Any, **values: Any) -> An
     ).first()
 
 
-def _fresh(session: Session, job_id: int) -> Job:
+def _reloaded_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFound("No such job.")
@@ -123,10 +123,12 @@ def _free_driver(session: Session, driver_id: int | None, job_id: int) -> None:
         )
 
 
-def _refused(session: Session, actor: User, job_id: int, step: EventType, is_party: bool) -> Job:
+def _retry_or_refusal(
+    session: Session, actor: User, job_id: int, step: EventType, is_party: bool
+) -> Job:
     """After a step matched no row: the job again if this was the actor's own last step
     (a retry), else the error that says why."""
-    job = _fresh(session, job_id)
+    job = _reloaded_job(session, job_id)
     last = last_step(session, job_id)
     if last is not None and last.type == step and last.actor_id == actor.id:
         return job
@@ -190,18 +192,18 @@ def _drivers_step(
     if row is None:
         job = session.get(Job, job_id)
         is_driver = job is not None and job.driver_id == driver.id
-        if job is not None and not is_driver and _saw_it(session, driver, job):
+        if job is not None and not is_driver and _may_see(session, driver, job):
             raise Forbidden("Only the job's driver can do this.")
-        return Step(_refused(session, driver, job_id, step.event, is_driver))
+        return Step(_retry_or_refusal(session, driver, job_id, step.event, is_driver))
     if step.frees_driver:
         _free_driver(session, driver.id, job_id)
     event = record_event(
         session, job_id, step.event, driver, now, driver_id=driver.id, round=row.offer_round
     )
-    return Step(_fresh(session, job_id), [event])
+    return Step(_reloaded_job(session, job_id), [event])
 
 
-def _saw_it(session: Session, user: User, job: Job) -> bool:
+def _may_see(session: Session, user: User, job: Job) -> bool:
     """Whether the user may see the job (`job_for_user`'s rule), so that a refusal may be a
     403, not a 404."""
     if job.customer_id == user.id:
@@ -348,12 +350,12 @@ def cancel_job(session: Session, customer: User, job_id: int, reason: str | None
     if row is None:
         job = session.get(Job, job_id)
         is_customer = job is not None and job.customer_id == customer.id
-        return Step(_refused(session, customer, job_id, EventType.cancelled, is_customer))
+        return Step(_retry_or_refusal(session, customer, job_id, EventType.cancelled, is_customer))
     _free_driver(session, row.driver_id, job_id)
     event = record_event(
         session, job_id, EventType.cancelled, customer, now, driver_id=row.driver_id, reason=reason
     )
-    return Step(_fresh(session, job_id), [event])
+    return Step(_reloaded_job(session, job_id), [event])
 
 
 def expire_due_jobs(session: Session) -> list[JobEvent]:

@@ -334,7 +334,7 @@ app = socketio.ASGIApp(sio, on_startup=sio.subscribe_now)
 _sign_in_threads = ThreadPoolExecutor(SIGN_IN_THREADS, thread_name_prefix="sign-in")
 
 
-def _signed_in(token: str) -> tuple[int, str]:
+def _user_of_token(token: str) -> tuple[int, str]:
     with session_scope() as session:
         user: User = user_for_token(session, token)
         return user.id, user.role
@@ -365,10 +365,10 @@ class _OutageLog:
 _outage_log = _OutageLog()
 
 
-async def _user_for(token: str) -> tuple[int, str]:
+async def _sign_in(token: str) -> tuple[int, str]:
     """The token's user, or a refusal: `unauthorized`, or `service_unavailable` when the
     database fails or does not answer within SOCKET_CONNECT_TIMEOUT_S."""
-    lookup = asyncio.get_running_loop().run_in_executor(_sign_in_threads, _signed_in, token)
+    lookup = asyncio.get_running_loop().run_in_executor(_sign_in_threads, _user_of_token, token)
     try:
         return await asyncio.wait_for(lookup, settings.socket_connect_timeout_s)
     except Unauthorized as exc:
@@ -386,7 +386,7 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
     token = auth.get("token") if isinstance(auth, dict) else None
     if not isinstance(token, str) or not token:
         raise socketio.exceptions.ConnectionRefusedError("unauthorized: auth.token is required")
-    user_id, role = await _user_for(token)
+    user_id, role = await _sign_in(token)
     await sio.save_session(sid, {"user_id": user_id, "role": role})
     room = driver_room(user_id) if role == "driver" else customer_room(user_id)
     await sio.enter_room(sid, room)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import configparser
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,16 @@ from settings import PROJECT_ROOT
 
 PRODUCT = ("api", "models", "workers", "realtime", "settings.py", "celeryconfig.py")
 DEV_ONLY = {"honcho", "h2", "cryptography"}
+NOT_SOURCE = (
+    ".git",
+    ".venv",
+    "var",
+    "build",
+    "node_modules",
+    "*.egg-info",
+    "__pycache__",
+    ".*_cache",
+)
 
 
 def _requirement_names(lines: str) -> set[str]:
@@ -70,6 +81,8 @@ def test_development_tools_are_not_production_requirements() -> None:
 
 
 def test_the_wheel_ships_the_product_without_the_fake_apns(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # setuptools builds in the source folder: a copy of it
+    shutil.copytree(PROJECT_ROOT, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
     subprocess.run(
         [
             sys.executable,
@@ -79,14 +92,14 @@ def test_the_wheel_ships_the_product_without_the_fake_apns(tmp_path: Path) -> No
             "--no-deps",
             "-q",
             "-w",
-            str(tmp_path),
-            str(PROJECT_ROOT),
+            str(tmp_path / "wheel"),
+            str(source),
         ],
         check=True,
         capture_output=True,
         timeout=300,
     )
-    (wheel,) = tmp_path.glob("dispatch-*.whl")
+    (wheel,) = (tmp_path / "wheel").glob("dispatch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {name.split("/")[0] for name in names if not name.startswith("dispatch-")}
     assert tops == {"api", "models", "workers", "realtime", "settings.py", "celeryconfig.py"}

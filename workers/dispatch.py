@@ -56,7 +56,7 @@ def _status_rooms(job: Job, event: JobEvent) -> list[str]:
     return [customer_room(job.customer_id), *(driver_room(d) for d in sorted(drivers))]
 
 
-def _speak_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -> None:
+def _announce_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -> None:
     """`job:status` with the job as it is now, and the tracking targets to match."""
     last = last_step(session, job.id)
     version = max(event.id, last.id if last is not None else 0)
@@ -76,7 +76,7 @@ class OfferNotice:
     events: list[tuple[str, dict[str, Any], str]]
 
 
-def _notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
+def _offer_notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
     """`job:new` for each driver the `offered` event names who has not had it yet (all of
     them, unless a worker died half-way); none once the job left that round."""
     live = job.status == JobStatus.pending and job.offer_round == offered.data["round"]
@@ -110,16 +110,16 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
             return None, False
         event, job = found.JobEvent, found.Job
         if event.type == EventType.offered:
-            return _notice(session, job, event), False
+            return _offer_notice(session, job, event), False
         hold_announcements(session, event.job_id)
         if event.type == EventType.released:
-            _speak_status(session, r, job, event)
+            _announce_status(session, r, job, event)
         offered = None
         if job.offer_round == event.data.get("round", 1):
             offered = offer_round(session, r, job)
         push_within = _push_within(event)
         mark_announced(session, event.id, push_within)
-        notice = _notice(session, job, offered) if offered is not None else None
+        notice = _offer_notice(session, job, offered) if offered is not None else None
         return notice, push_within is not None
 
 
@@ -160,7 +160,7 @@ def announce_change(event_id: int) -> bool:
             payload, rooms = removed
             emit("job:removed", payload, rooms)
         if event.type != EventType.declined:
-            _speak_status(session, r, job, event)
+            _announce_status(session, r, job, event)
         push_within = _push_within(event)
         mark_announced(session, event.id, push_within)
     return push_within is not None

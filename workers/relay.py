@@ -11,7 +11,8 @@ RELAY_HOLD_S = 5  # short: a re-driven copy lost with a second dying worker is s
 RELAY_BATCH = 500
 
 
-def _first_time(kind: str, event_id: int) -> bool:
+def _claim_relay(kind: str, event_id: int) -> bool:
+    """Take this event's relay for RELAY_HOLD_S; False when a sweep took it lately."""
     key = settings.redis_key("relay", kind, event_id)
     return bool(redis_connection().set(key, 1, nx=True, ex=RELAY_HOLD_S))
 
@@ -19,10 +20,10 @@ def _first_time(kind: str, event_id: int) -> bool:
 def overdue_announcements() -> list[tuple[int, str]]:
     with session_scope() as session:
         events = unannounced_events(session, settings.relay_after_s, RELAY_BATCH)
-    return [(event_id, type_) for event_id, type_ in events if _first_time("announce", event_id)]
+    return [(event_id, type_) for event_id, type_ in events if _claim_relay("announce", event_id)]
 
 
 def overdue_pushes() -> list[int]:
     with session_scope() as session:
         event_ids = overdue_push_event_ids(session, RELAY_BATCH)
-    return [event_id for event_id in event_ids if _first_time("push", event_id)]
+    return [event_id for event_id in event_ids if _claim_relay("push", event_id)]
