@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response
+from flask import Flask, Response
+from flask_openapi3 import APIBlueprint
 
 from api import auth, devices, drivers, jobs, meta
 from api.errors import register_error_handlers
+from api.openapi import dispatch_api, explorer_files
 from settings import settings
 
 API_PREFIX = "/api/v1"
@@ -25,13 +27,14 @@ def secure_headers(response: Response) -> Response:
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
-    app = Flask(__name__)
+    app = dispatch_api(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, **(overrides or {}))
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the contract's order
-    v1 = Blueprint("v1", __name__, url_prefix=API_PREFIX)
+    v1 = APIBlueprint("v1", __name__, url_prefix=API_PREFIX)
     for module in (auth, devices, drivers, jobs, meta):
-        v1.register_blueprint(module.bp)
-    app.register_blueprint(v1)
+        v1.register_api(module.bp)
+    app.register_api(v1)
+    app.register_blueprint(explorer_files(API_PREFIX))
     register_error_handlers(app)
     app.after_request(secure_headers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

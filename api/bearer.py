@@ -9,7 +9,7 @@ from models.accounts import User, user_for_token
 from models.errors import Forbidden, Unauthorized
 
 
-def signed_in(session: Session, *roles: str) -> User:
+def current_user(session: Session, *roles: str) -> User:
     """The caller; Unauthorized without a valid token, Forbidden if not one of `roles`."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():

@@ -3,111 +3,92 @@ feed, and the jobs they have held."""
 
 from __future__ import annotations
 
-import redis
-from flask import Blueprint, Response, jsonify
+from typing import Any
 
-from api.bearer import signed_in
-from api.openapi import EndpointDoc, documented
+import redis
+from flask import Response, jsonify
+from flask_openapi3 import APIBlueprint, Tag
+
+from api.answers import callers_jobs_answer, job_view, jobs_list_operation
+from api.bearer import current_user
+from api.openapi import operation
 from api.schemas import (
     AvailabilityAnswer,
     AvailabilityBody,
     DriverAnswer,
-    JobsAnswer,
     JobsQuery,
     LocationBody,
     OffersAnswer,
 )
-from api.validation import validated_body, validated_query
 from models.db import redis_connection, session_scope
 from models.drivers import driver_profile, report_location, set_availability
 from models.errors import ServiceUnavailable
-from models.jobs import JobStatus, current_job, driver_jobs
+from models.jobs import current_job, driver_jobs
 from models.offers import driver_feed
 from models.rooms import customer_room
-from models.schemas import OfferView, as_json, job_views
+from models.schemas import OfferView, as_json
 from workers.events import emit
 
-bp = Blueprint("drivers", __name__, url_prefix="/drivers/me")
+bp = APIBlueprint("drivers", __name__, url_prefix="/drivers/me", abp_tags=[Tag(name="drivers")])
+DRIVER = ("driver",)
 
 
-@bp.get("")
-@documented(
-    EndpointDoc(
+def _for_drivers(summary: str, answers: dict[int, Any], *errors: str) -> dict[str, Any]:
+    return operation(summary, answers, ("forbidden", *errors), roles=DRIVER)
+
+
+@bp.get(
+    "",
+    **_for_drivers(
         "You: online, approved, and the job you are on",
-        answers={200: DriverAnswer},
-        errors=("forbidden", "service_unavailable"),
-        roles=("driver",),
-    )
+        {200: DriverAnswer},
+        "service_unavailable",
+    ),
 )
 def me() -> Response:
     with session_scope() as session:
-        driver = signed_in(session, "driver")
+        driver = current_user(session, *DRIVER)
         profile = driver_profile(driver)
         job = current_job(session, driver)
-        on_job = job_views(redis_connection(), [job])[0] if job else None
         answer = DriverAnswer(
             id=driver.id,
             name=driver.name,
             online=profile.online,
             approved=profile.approved,
-            current_job=on_job,
+            current_job=job_view(job) if job else None,
         )
     return jsonify(as_json(answer))
 
 
-@bp.get("/jobs")
-@documented(
-    EndpointDoc(
-        "The jobs you hold or have held, newest first",
-        query=JobsQuery,
-        answers={200: JobsAnswer},
-        errors=("forbidden", "service_unavailable"),
-        roles=("driver",),
-    )
-)
-def jobs() -> Response:
-    with session_scope() as session:
-        driver = signed_in(session, "driver")
-        query = validated_query(JobsQuery)
-        status = JobStatus(query.status) if query.status else None
-        held = driver_jobs(session, driver, status)
-        answer = JobsAnswer(jobs=job_views(redis_connection(), held))
-    return jsonify(as_json(answer))
-
-
-@bp.put("/availability")
-@documented(
-    EndpointDoc(
+@bp.put(
+    "/availability",
+    **operation(
         "Go online or offline",
-        body=AvailabilityBody,
         answers={200: AvailabilityAnswer},
-        errors=("forbidden",),
-        roles=("driver",),
-    )
+        errors=("validation_error", "forbidden"),
+        roles=DRIVER,
+    ),
 )
-def availability() -> Response:
+def availability(body: AvailabilityBody) -> Response:
     with session_scope() as session:
-        driver = signed_in(session, "driver")
-        body = validated_body(AvailabilityBody)
+        driver = current_user(session, *DRIVER)
         online = set_availability(session, redis_connection(), driver, body.online)
     return jsonify(as_json(AvailabilityAnswer(online=online)))
 
 
-@bp.put("/location")
-@documented(
-    EndpointDoc(
+@bp.put(
+    "/location",
+    **operation(
         "Report your position (same as the socket event driver:location); on a job, your "
         "customer follows it (job:driver_location)",
-        body=LocationBody,
         answers={204: None},
-        errors=("forbidden", "service_unavailable"),
-        roles=("driver",),
-    )
+        errors=("validation_error", "forbidden", "service_unavailable"),
+        roles=DRIVER,
+    ),
 )
-def location() -> tuple[str, int]:
+def location(body: LocationBody) -> tuple[str, int]:
     with session_scope() as session:
-        driver = signed_in(session, "driver")
-    body = validated_body(LocationBody)
+        driver = current_user(session, *DRIVER)
     try:
         update = report_location(redis_connection(), driver.id, body.lat, body.lng)
         if update is not None:
@@ -117,17 +98,20 @@ def location() -> tuple[str, int]:
     return "", 204
 
 
-@bp.get("/offers")
-@documented(
-    EndpointDoc(
+@bp.get(
+    "/offers",
+    **_for_drivers(
         "Your live feed: pending jobs offered to you, newest first",
-        answers={200: OffersAnswer},
-        errors=("forbidden",),
-        roles=("driver",),
-    )
+        {200: OffersAnswer},
+    ),
 )
 def offers() -> Response:
     with session_scope() as session:
-        driver = signed_in(session, "driver")
+        driver = current_user(session, *DRIVER)
         answer = OffersAnswer(offers=[OfferView.of(o) for o in driver_feed(session, driver)])
     return jsonify(as_json(answer))
+
+
+@bp.get("/jobs", **jobs_list_operation("The jobs you hold or have held, newest first", "driver"))
+def jobs(query: JobsQuery) -> Response:
+    return callers_jobs_answer("driver", driver_jobs, query)

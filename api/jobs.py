@@ -4,19 +4,28 @@ accept (race-safe), arrive, start, complete, release, decline, cancel."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Response, jsonify
+from flask_openapi3 import APIBlueprint, Tag
 from sqlalchemy.orm import Session
 
-from api.bearer import signed_in
-from api.openapi import EndpointDoc, documented
-from api.schemas import CancelBody, JobCreateBody, JobEventsAnswer, JobsAnswer, JobsQuery
-from api.validation import optional_body, validated_body, validated_header, validated_query
+from api.answers import callers_jobs_answer, job_answer, job_view, jobs_list_operation
+from api.bearer import current_user
+from api.openapi import operation
+from api.schemas import (
+    CancelBody,
+    IdempotencyHeader,
+    JobCreateBody,
+    JobEventsAnswer,
+    JobPath,
+    JobsQuery,
+)
 from models.accounts import User
-from models.db import redis_connection, session_scope
+from models.db import session_scope
 from models.errors import NotFound
 from models.job_events import job_history
-from models.jobs import Job, JobStatus, customer_jobs
+from models.jobs import customer_jobs
 from models.lifecycle import (
     Step,
     accept_job,
@@ -29,215 +38,162 @@ from models.lifecycle import (
     start_job,
 )
 from models.offers import job_for_user
-from models.schemas import JobEventView, JobView, as_json, job_views
+from models.schemas import JobEventView, JobView, as_json
 from workers.enqueue import announce_after_commit
 
-bp = Blueprint("jobs", __name__, url_prefix="/jobs")
+bp = APIBlueprint("jobs", __name__, url_prefix="/jobs", abp_tags=[Tag(name="jobs")])
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+CUSTOMER, DRIVER = ("customer",), ("driver",)
 STEP_ERRORS = ("forbidden", "not_found", "conflict")
 
 
-def _view(job: Job) -> JobView:
-    [view] = job_views(redis_connection(), [job])
-    return view
-
-
-def _job(view: JobView, status: int = 200) -> tuple[Response, int]:
-    return jsonify(as_json(view)), status
-
-
-def _step(job_id: int, role: str, step: Callable[[Session, User, int], Step]) -> Response:
-    """One step by the signed-in user: applied and its events announced after commit, or,
+def _take_step(job_id: int, step: Callable[[Session, User, int], Step]) -> Response:
+    """One step by the signed-in driver: applied and its events announced after commit, or,
     for a retry, the same job again with nothing announced."""
     with session_scope() as session:
-        done = step(session, signed_in(session, role), job_id)
+        done = step(session, current_user(session, *DRIVER), job_id)
         announce_after_commit(session, done)
-    return jsonify(as_json(_view(done.job)))  # after commit: no lock held for Redis
+    return jsonify(as_json(job_view(done.job)))  # after commit: no lock held for Redis
 
 
-@bp.post("")
-@documented(
-    EndpointDoc(
+def _driver_step(summary: str, errors: tuple[str, ...] = STEP_ERRORS) -> dict[str, Any]:
+    return operation(summary, answers={200: JobView}, errors=errors, roles=DRIVER)
+
+
+@bp.post(
+    "",
+    **operation(
         "Create a job; it is offered to the nearby drivers",
-        body=JobCreateBody,
         answers={201: JobView, 200: JobView},
-        errors=("forbidden",),
-        roles=("customer",),
-        headers={
-            IDEMPOTENCY_HEADER: "Repeat-safe creation: the same key within 24 h returns "
-            "the first job and dispatches nothing again"
-        },
-    )
+        errors=("validation_error", "forbidden"),
+        roles=CUSTOMER,
+    ),
 )
-def create() -> tuple[Response, int]:
+def create(body: JobCreateBody, header: IdempotencyHeader) -> tuple[Response, int]:
     with session_scope() as session:
-        customer = signed_in(session, "customer")
-        body = validated_body(JobCreateBody)
+        customer = current_user(session, *CUSTOMER)
         done = create_job(
             session,
             customer,
             body.pickup.to_place(),
             body.dropoff.to_place() if body.dropoff else None,
             body.notes,
-            validated_header(IDEMPOTENCY_HEADER),
+            header.key,
         )
         announce_after_commit(session, done)
-        view = JobView.of(done.job) if done.events else _view(done.job)
-    return _job(view, 201 if done.events else 200)
+        created = bool(done.events)  # else the first job of this Idempotency-Key
+        view = JobView.of(done.job) if created else job_view(done.job)
+    return job_answer(view, 201 if created else 200)
 
 
-@bp.get("/<int:job_id>")
-@documented(
-    EndpointDoc(
+@bp.get(
+    "/<int:job_id>",
+    **operation(
         "One job: for its customer, its driver, or a driver it is offered to",
         answers={200: JobView},
         errors=("not_found", "service_unavailable"),
         roles=(),
-    )
+    ),
 )
-def read(job_id: int) -> tuple[Response, int]:
+def read(path: JobPath) -> tuple[Response, int]:
     with session_scope() as session:
-        view = _view(job_for_user(session, signed_in(session), job_id))
-    return _job(view)
+        view = job_view(job_for_user(session, current_user(session), path.job_id))
+    return job_answer(view)
 
 
-@bp.get("")
-@documented(
-    EndpointDoc(
-        "Your jobs, newest first",
-        query=JobsQuery,
-        answers={200: JobsAnswer},
-        errors=("forbidden", "service_unavailable"),
-        roles=("customer",),
-    )
-)
-def list_jobs() -> Response:
-    with session_scope() as session:
-        customer = signed_in(session, "customer")
-        query = validated_query(JobsQuery)
-        status = JobStatus(query.status) if query.status else None
-        jobs = customer_jobs(session, customer, status)
-        answer = JobsAnswer(jobs=job_views(redis_connection(), jobs))
-    return jsonify(as_json(answer))
+@bp.get("", **jobs_list_operation("Your jobs, newest first", "customer"))
+def list_jobs(query: JobsQuery) -> Response:
+    return callers_jobs_answer("customer", customer_jobs, query)
 
 
-@bp.get("/<int:job_id>/events")
-@documented(
-    EndpointDoc(
+@bp.get(
+    "/<int:job_id>/events",
+    **operation(
         "Every change of the job, oldest first: for its customer and its driver",
         answers={200: JobEventsAnswer},
         errors=("not_found",),
         roles=(),
-    )
+    ),
 )
-def events(job_id: int) -> Response:
+def events(path: JobPath) -> Response:
     with session_scope() as session:
-        user = signed_in(session)
-        job = job_for_user(session, user, job_id)
+        user = current_user(session)
+        job = job_for_user(session, user, path.job_id)
         if user.id not in (job.customer_id, job.driver_id):
             raise NotFound("No such job.")
-        answer = JobEventsAnswer(events=[JobEventView.of(e) for e in job_history(session, job_id)])
+        history = [JobEventView.of(e) for e in job_history(session, path.job_id)]
+        answer = JobEventsAnswer(events=history)
     return jsonify(as_json(answer))
 
 
-@bp.post("/<int:job_id>/accept")
-@documented(
-    EndpointDoc(
+@bp.post(
+    "/<int:job_id>/accept",
+    **_driver_step(
         "Take a job offered to you: exactly one driver wins; the winner's retry answers 200",
-        answers={200: JobView},
         errors=("forbidden", "not_found", "job_not_available", "conflict"),
-        roles=("driver",),
-    )
+    ),
 )
-def accept(job_id: int) -> Response:
-    return _step(job_id, "driver", accept_job)
+def accept(path: JobPath) -> Response:
+    return _take_step(path.job_id, accept_job)
 
 
-@bp.post("/<int:job_id>/arrive")
-@documented(
-    EndpointDoc(
-        "You are at the pickup (from accepted)",
-        answers={200: JobView},
-        errors=STEP_ERRORS,
-        roles=("driver",),
-    )
+@bp.post("/<int:job_id>/arrive", **_driver_step("You are at the pickup (from accepted)"))
+def arrive(path: JobPath) -> Response:
+    return _take_step(path.job_id, arrive_job)
+
+
+@bp.post("/<int:job_id>/start", **_driver_step("The work has started (from arrived)"))
+def start(path: JobPath) -> Response:
+    return _take_step(path.job_id, start_job)
+
+
+@bp.post(
+    "/<int:job_id>/complete",
+    **_driver_step("The job is done (from in_progress); you are free for the next one"),
 )
-def arrive(job_id: int) -> Response:
-    return _step(job_id, "driver", arrive_job)
+def complete(path: JobPath) -> Response:
+    return _take_step(path.job_id, complete_job)
 
 
-@bp.post("/<int:job_id>/start")
-@documented(
-    EndpointDoc(
-        "The work has started (from arrived)",
-        answers={200: JobView},
-        errors=STEP_ERRORS,
-        roles=("driver",),
-    )
-)
-def start(job_id: int) -> Response:
-    return _step(job_id, "driver", start_job)
-
-
-@bp.post("/<int:job_id>/complete")
-@documented(
-    EndpointDoc(
-        "The job is done (from in_progress); you are free for the next one",
-        answers={200: JobView},
-        errors=STEP_ERRORS,
-        roles=("driver",),
-    )
-)
-def complete(job_id: int) -> Response:
-    return _step(job_id, "driver", complete_job)
-
-
-@bp.post("/<int:job_id>/release")
-@documented(
-    EndpointDoc(
+@bp.post(
+    "/<int:job_id>/release",
+    **_driver_step(
         "Give the job back before starting it (from accepted or arrived): it is offered "
-        "again to every eligible driver but you",
-        answers={200: JobView},
-        errors=STEP_ERRORS,
-        roles=("driver",),
-    )
+        "again to every eligible driver but you"
+    ),
 )
-def release(job_id: int) -> Response:
-    return _step(job_id, "driver", release_job)
+def release(path: JobPath) -> Response:
+    return _take_step(path.job_id, release_job)
 
 
-@bp.post("/<int:job_id>/decline")
-@documented(
-    EndpointDoc(
+@bp.post(
+    "/<int:job_id>/decline",
+    **operation(
         "Decline a job offered to you (while pending): it leaves your feed for good",
         answers={204: None},
         errors=STEP_ERRORS,
-        roles=("driver",),
-    )
+        roles=DRIVER,
+    ),
 )
-def decline(job_id: int) -> tuple[str, int]:
+def decline(path: JobPath) -> tuple[str, int]:
     with session_scope() as session:
-        done = decline_job(session, signed_in(session, "driver"), job_id)
+        done = decline_job(session, current_user(session, *DRIVER), path.job_id)
         announce_after_commit(session, done)
     return "", 204
 
 
-@bp.post("/<int:job_id>/cancel")
-@documented(
-    EndpointDoc(
+@bp.post(
+    "/<int:job_id>/cancel",
+    **operation(
         "Cancel your job while pending, accepted or arrived; the body is optional",
-        body=CancelBody,
-        body_required=False,
         answers={200: JobView},
-        errors=STEP_ERRORS,
-        roles=("customer",),
-    )
+        errors=("validation_error", *STEP_ERRORS),
+        roles=CUSTOMER,
+    ),
 )
-def cancel(job_id: int) -> Response:
+def cancel(path: JobPath, body: CancelBody) -> Response:
     with session_scope() as session:
-        customer = signed_in(session, "customer")
-        body = optional_body(CancelBody)
-        done = cancel_job(session, customer, job_id, body.reason)
+        customer = current_user(session, *CUSTOMER)
+        done = cancel_job(session, customer, path.job_id, body.reason)
         announce_after_commit(session, done)
-    return jsonify(as_json(_view(done.job)))
+    return jsonify(as_json(job_view(done.job)))

@@ -1,26 +1,28 @@
-"""Health, the OpenAPI document and its browsable page."""
+"""Health, the OpenAPI document and its explorer (Swagger UI)."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from typing import cast
 
-from api.openapi import EndpointDoc, docs_page, documented, openapi_document
+from flask import Response, current_app, jsonify
+from flask_openapi3 import APIBlueprint, Tag
+
+from api.openapi import DOCUMENT_URL, DispatchAPI, explorer_page, operation
 from api.schemas import HealthAnswer
 
-bp = Blueprint("meta", __name__)
+bp = APIBlueprint("meta", __name__, abp_tags=[Tag(name="meta")])
 
 
-@bp.get("/health")
-@documented(EndpointDoc("Liveness: the web process answers", answers={200: HealthAnswer}))
+@bp.get("/health", **operation("Liveness: the web process answers", answers={200: HealthAnswer}))
 def health() -> Response:
     return jsonify({"ok": True})
 
 
-@bp.get("/openapi.json")
+@bp.get(f"/{DOCUMENT_URL}", doc_ui=False)
 def openapi() -> Response:
-    return jsonify(openapi_document(current_app))
+    return jsonify(cast(DispatchAPI, current_app).api_doc)
 
 
-@bp.get("/docs")
+@bp.get("/docs", doc_ui=False)
 def docs() -> Response:
-    return Response(docs_page(openapi_document(current_app)), mimetype="text/html")
+    return Response(explorer_page(), mimetype="text/html")

@@ -1,174 +1,98 @@
-"""The OpenAPI 3.1 document, generated from the same pydantic models that validate requests.
+"""The OpenAPI 3.1 document and its explorer, built by flask-openapi3 from the pydantic models
+that validate each request: a view's `body`, `query`, `header` and `path` parameters are
+both what is validated and what the document shows, so the two cannot drift apart.
 
-Each view declares its body, answers and auth with `@documented`; the document walks the
-app's URL map, so an endpoint cannot exist without appearing in it."""
+`operation()` states, in the contract's terms, what a route answers and who may call it; the
+explorer is Swagger UI, served from the files flask-openapi3-swagger ships, never a CDN."""
 
 from __future__ import annotations
 
-import html
-import json
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any
 
-from flask import Flask
+import flask_openapi3_swagger
+from flask import Blueprint, render_template_string
+from flask_openapi3 import OpenAPI, Server
+from flask_openapi3.models import Info
+from flask_openapi3_swagger.templates import swagger_html_string
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
 
 from api.errors import STATUS_BY_CODE
-from api.schemas import HEADERS, ErrorBody
+from api.schemas import ErrorBody
+from api.validation import JsonBodyRequest, validation_failed
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-REF = "#/components/schemas/{model}"
-# A URL rule's variables, `<name>` or `<converter(args):name>`, and the JSON type of each.
-RULE_VARIABLE = re.compile(r"<(?:([^:<>()]+)(?:\([^<>]*\))?:)?([^<>]+)>")
-PARAM_TYPES = {"int": "integer", "float": "number"}
-
-
-@dataclass(frozen=True)
-class EndpointDoc:
-    summary: str
-    body: type[BaseModel] | None = None
-    body_required: bool = True
-    query: type[BaseModel] | None = None
-    answers: dict[int, type[BaseModel] | None] = field(default_factory=dict)
-    errors: tuple[str, ...] = ()
-    roles: tuple[str, ...] | None = None  # None: no auth; (): any signed-in user
-    headers: dict[str, str] = field(default_factory=dict)
+BEARER = "bearer"
+DOCUMENT_URL = "openapi.json"
+# Swagger UI's page refers to its files as `swagger/…`, relative to the page.
+EXPLORER_FILES = Path(flask_openapi3_swagger.__file__).parent / "templates" / "swagger"
 
 
-def documented(doc: EndpointDoc) -> Callable[[F], F]:
-    def attach(view: F) -> F:
-        view.__openapi__ = doc  # type: ignore[attr-defined]
-        return view
+class DispatchAPI(OpenAPI):
+    """The Flask app, with the document flask-openapi3 builds. Every request's JSON body is
+    read the contract's way (JsonBodyRequest)."""
 
-    return attach
+    request_class = JsonBodyRequest
 
-
-def _models(app: Flask) -> list[type[BaseModel]]:
-    seen: dict[str, type[BaseModel]] = {"ErrorBody": ErrorBody}
-    for view in app.view_functions.values():
-        doc: EndpointDoc | None = getattr(view, "__openapi__", None)
-        if doc is None:
-            continue
-        for model in [doc.body, doc.query, *doc.answers.values()]:
-            if model is not None:
-                seen[model.__name__] = model
-    return list(seen.values())
+    def generate_spec_json(self) -> None:
+        """flask-openapi3 gives every operation that names no 422 a generic one (a list of
+        its error model); ours answer a 422 only where they take input, and name it there
+        (`operation(..., errors=("validation_error",))`), so the generic ones go."""
+        super().generate_spec_json()
+        for operations in self.spec_json["paths"].values():
+            for op in operations.values():
+                generic = op["responses"].get("422", {}).get("content", {})
+                if generic.get("application/json", {}).get("schema", {}).get("type") == "array":
+                    del op["responses"]["422"]
 
 
-def _operation(doc: EndpointDoc, schemas: dict[Any, Any], rule: str) -> dict:
-    op: dict[str, Any] = {"summary": doc.summary, "responses": {}}
-    params: list[dict[str, Any]] = [
-        {
-            "name": name,
-            "in": "path",
-            "required": True,
-            "schema": {"type": PARAM_TYPES.get(converter, "string")},
-        }
-        for converter, name in RULE_VARIABLE.findall(rule)
-    ]
-    if doc.query is not None:
-        for name, prop in doc.query.model_json_schema()["properties"].items():
-            params.append({"name": name, "in": "query", "required": False, "schema": prop})
-    for name, description in doc.headers.items():
-        params.append(
-            {
-                "name": name,
-                "in": "header",
-                "required": False,
-                "description": description,
-                "schema": HEADERS[name].json_schema(),  # what validated_header checks
-            }
-        )
-    if params:
-        op["parameters"] = params
-    if doc.body is not None:
-        op["requestBody"] = {
-            "required": doc.body_required,
-            "content": {"application/json": {"schema": schemas[(doc.body, "validation")]}},
-        }
-    for status, model in doc.answers.items():
-        answer: dict[str, Any] = {"description": f"{status}"}
-        if model is not None:
-            answer["content"] = {"application/json": {"schema": schemas[(model, "serialization")]}}
-        op["responses"][str(status)] = answer
-    codes = list(doc.errors)
-    if doc.body is not None or doc.query is not None:
-        codes.append("validation_error")
-    if doc.roles is not None:
-        codes.append("unauthorized")
+def dispatch_api(import_name: str) -> DispatchAPI:
+    return DispatchAPI(
+        import_name,
+        info=Info(title="Dispatch API", version="1.0.0"),
+        servers=[Server(url="/")],
+        security_schemes={BEARER: {"type": "http", "scheme": "bearer"}},
+        validation_error_model=ErrorBody,
+        validation_error_callback=validation_failed,
+        doc_ui=False,  # the document and the explorer are served by api.meta, under /api/v1
+    )
+
+
+def operation(
+    summary: str,
+    answers: dict[int, type[BaseModel] | None],
+    errors: tuple[str, ...] = (),
+    roles: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """The route decorator's documentation: its `answers` by status, the error codes it
+    answers in the one error shape, and who may call it: `roles` None for anyone, () for
+    any signed-in user (a 401 without a token), else those roles (a 403 for the others)."""
+    responses: dict[int, type[BaseModel] | None] = dict(answers)
+    codes = [*errors, "unauthorized"] if roles is not None else list(errors)
     for code in codes:
-        op["responses"].setdefault(
-            str(STATUS_BY_CODE[code]),
-            {
-                "description": code,
-                "content": {
-                    "application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}
-                },
-            },
-        )
-    if doc.roles is not None:
-        op["security"] = [{"bearer": []}]
-        if doc.roles:
-            op["description"] = "Allowed roles: " + ", ".join(doc.roles) + "."
-    return op
+        responses.setdefault(STATUS_BY_CODE[code], ErrorBody)
+    doc: dict[str, Any] = {"summary": summary, "responses": responses}
+    if roles is not None:
+        doc["security"] = [{BEARER: []}]
+    if roles:
+        doc["description"] = "Allowed roles: " + ", ".join(roles) + "."
+    return doc
 
 
-def openapi_document(app: Flask) -> dict[str, Any]:
-    models = _models(app)
-    pairs = [(m, mode) for m in models for mode in ("validation", "serialization")]
-    schemas, defs = models_json_schema(pairs, ref_template=REF)  # type: ignore[arg-type]
-    paths: dict[str, dict[str, Any]] = {}
-    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
-        doc: EndpointDoc | None = getattr(app.view_functions[rule.endpoint], "__openapi__", None)
-        if doc is None:
-            continue
-        path = RULE_VARIABLE.sub(r"{\2}", rule.rule)
-        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
-            paths.setdefault(path, {})[method.lower()] = _operation(doc, schemas, rule.rule)
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "Dispatch API", "version": "1.0.0"},
-        "servers": [{"url": "/"}],
-        "paths": paths,
-        "components": {
-            "schemas": defs.get("$defs", {}),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-    }
-
-
-def docs_page(document: dict[str, Any]) -> str:
-    """A self-contained, browsable page of the document (no CDN, works offline)."""
-    rows = []
-    for path, methods in document["paths"].items():
-        for method, op in methods.items():
-            answers = ", ".join(op["responses"])
-            body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
-            rows.append(
-                "<details><summary><code>{m} {p}</code> {s} <small>({a})</small></summary>"
-                "<pre>{detail}</pre></details>".format(
-                    m=method.upper(),
-                    p=html.escape(path),
-                    s=html.escape(op["summary"]),
-                    a=answers,
-                    detail=html.escape(json.dumps({"request": body, **op}, indent=2)),
-                )
-            )
-    schemas = "".join(
-        f"<details><summary><code>{html.escape(name)}</code></summary>"
-        f"<pre>{html.escape(json.dumps(schema, indent=2))}</pre></details>"
-        for name, schema in document["components"]["schemas"].items()
+def explorer_files(url_prefix: str) -> Blueprint:
+    """Swagger UI's script, stylesheet and icon, at `url_prefix`/swagger/…"""
+    return Blueprint(
+        "explorer",
+        __name__,
+        static_folder=EXPLORER_FILES,
+        static_url_path=f"{url_prefix}/swagger",
     )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Dispatch API</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto}"
-        "summary{cursor:pointer;padding:.3rem 0}pre{background:#f4f4f4;padding:1rem;"
-        "overflow:auto}</style></head><body><h1>Dispatch API v1</h1>"
-        "<p>Machine-readable: <a href='openapi.json'>openapi.json</a>. Authenticate with "
-        "<code>Authorization: Bearer &lt;token&gt;</code> from register or login.</p>"
-        f"<h2>Endpoints</h2>{''.join(rows)}<h2>Schemas</h2>{schemas}</body></html>"
+
+
+def explorer_page() -> str:
+    """Swagger UI's page (flask-openapi3-swagger's template), on the document at
+    DOCUMENT_URL; no sign-in flow of its own (`oauth_config`): a token from register or
+    login goes in its Authorize dialog."""
+    page = render_template_string(
+        swagger_html_string, doc_url=DOCUMENT_URL, swagger_config={}, oauth_config=None
     )
+    return page.strip()

@@ -16,7 +16,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     ValidatorFunctionWrapHandler,
+    WithJsonSchema,
     WrapValidator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -115,9 +117,35 @@ IdempotencyKey = Annotated[
     StringConstraints(max_length=255, pattern=IDEMPOTENCY_KEY_PATTERN),
     _pattern_reason("must be 1 to 255 printable characters"),
 ]
-# Request headers with a shape of their own, by name: api.validation.validated_header
-# checks them and the OpenAPI document shows the same schema.
-HEADERS: dict[str, TypeAdapter[str]] = {"Idempotency-Key": TypeAdapter(IdempotencyKey)}
+
+
+def _without_default(schema: dict[str, Any]) -> None:
+    del schema["default"]
+
+
+class IdempotencyHeader(BaseModel):
+    """The header of a repeat-safe creation (the request's other headers are not ours)."""
+
+    model_config = ConfigDict(extra="ignore")
+    # Its schema is the key's alone: a header that is sent is a key, one that is not is None
+    # (the parameter is not required), never a JSON null.
+    key: Annotated[
+        IdempotencyKey | None, WithJsonSchema(TypeAdapter(IdempotencyKey).json_schema())
+    ] = Field(
+        default=None,
+        alias="Idempotency-Key",
+        description="Repeat-safe creation: the same key within 24 h returns the first job "
+        "and dispatches nothing again",
+        json_schema_extra=_without_default,
+    )
+
+
+class JobPath(BaseModel):
+    job_id: int
+
+
+class DeviceTokenPath(BaseModel):
+    token: str
 
 
 class RegisterBody(StrictModel):
@@ -152,8 +180,17 @@ class JobCreateBody(StrictModel):
     notes: str | None = Field(default=None, max_length=2000)
 
 
+# Optional: no body at all (None from api.validation.JsonBodyRequest) stands for `{}`.
 class CancelBody(StrictModel):
+    # flask-openapi3 reads `openapi_extra` to document the body as optional.
+    model_config = ConfigDict(openapi_extra={"required": False})  # type: ignore[typeddict-unknown-key]
+
     reason: str | None = Field(default=None, max_length=500)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_is_empty(cls, body: Any) -> Any:
+        return {} if body is None else body
 
 
 JobStatusName = Literal[
@@ -165,6 +202,10 @@ assert set(JobStatusName.__args__) == {s.value for s in JobStatus}  # type: igno
 class JobsQuery(BaseModel):
     model_config = ConfigDict(extra="ignore")
     status: JobStatusName | None = None
+
+    def status_filter(self) -> JobStatus | None:
+        """The one status asked for, or None for every status."""
+        return JobStatus(self.status) if self.status else None
 
 
 class AuthAnswer(BaseModel):

@@ -35,7 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from flask import Blueprint, Flask, Response, request
 from flask.blueprints import BlueprintSetupState
 from flask_limiter import Limiter, RateLimitExceeded
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -66,27 +66,28 @@ def client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def _invalid(body: type[BaseModel]) -> Callable[[], bool]:
+def _fails_validation(body: type[BaseModel]) -> Callable[[], bool]:
     """Whether the request's body fails validation: such a request is answered 422 (or 413)
-    by the view without hashing anything, so it is neither counted nor refused, and leaves
-    nothing behind in Redis."""
+    without hashing anything, so it is neither counted nor refused, and leaves nothing
+    behind in Redis. (The limiter may check before flask-openapi3 validates the body.)"""
 
-    def invalid() -> bool:
+    def fails() -> bool:
         try:
             validated_body(body)
-        except (RequestInvalid, HTTPException):
+        except (RequestInvalid, ValidationError, HTTPException):
             return True
         return False
 
-    return invalid
+    return fails
 
 
 def _address_and_email() -> str:
     """The (address, email) a login counts against, the email hashed so that no address
-    book builds up in Redis keys. Only called for a valid body (see `_invalid`)."""
+    book builds up in Redis keys. Only called for a valid body (see `_fails_validation`)."""
     try:
         email = normalize_email(validated_body(LoginBody).email)
-    except (RequestInvalid, HTTPException):  # never raise: the limiter would blame Redis
+    # Never raise: the limiter would blame Redis.
+    except (RequestInvalid, ValidationError, HTTPException):
         email = ""
     digest = hashlib.sha256(email.encode("utf-8", "surrogatepass")).hexdigest()[:32]
     return f"{client_address()}/{digest}"
@@ -116,16 +117,16 @@ def _not_throttled() -> bool:
 
 
 def limit_logins(view: Callable[P, R]) -> Callable[P, R]:
-    invalid = _invalid(LoginBody)
+    fails_validation = _fails_validation(LoginBody)
     per_address = limiter.limit(
         f"{settings.login_attempts_per_address_per_minute}/{_WINDOW}",
-        exempt_when=invalid,
+        exempt_when=fails_validation,
         error_message=THROTTLED,
     )
     per_email = limiter.limit(
         f"{settings.login_attempts_per_minute}/{_WINDOW}",
         key_func=_address_and_email,
-        exempt_when=invalid,
+        exempt_when=fails_validation,
         error_message=THROTTLED,
     )
     return per_address(per_email(view))
@@ -134,7 +135,7 @@ def limit_logins(view: Callable[P, R]) -> Callable[P, R]:
 def limit_registrations(view: Callable[P, R]) -> Callable[P, R]:
     per_address = limiter.limit(
         f"{settings.registrations_per_address_per_minute}/{_WINDOW}",
-        exempt_when=_invalid(RegisterBody),
+        exempt_when=_fails_validation(RegisterBody),
         error_message=THROTTLED,
     )
     return per_address(view)

@@ -1,16 +1,16 @@
-"""Request parsing: every body, query and shaped header goes through a pydantic model or
-type, strictly."""
+"""Reading a request's body: the raw bytes within the size limit, and the JSON object in
+them, for flask-openapi3 to validate against each view's pydantic models (api.openapi)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from flask import g, request
+from flask import Request, Response, g, request
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from api.errors import MalformedRequest, RequestInvalid
-from api.schemas import HEADERS
+from api.errors import MalformedRequest, RequestInvalid, error_response
 from models.schemas import field_reasons
 
 M = TypeVar("M", bound=BaseModel)
@@ -51,39 +51,32 @@ def _read_body() -> bytes:
     return raw
 
 
+class JsonBodyRequest(Request):
+    """The request, whose JSON body is read the contract's way: whatever its Content-Type,
+    through `request_body` (so the 413s and 400s above hold), refused as a whole (the
+    `body` field of a 422) when it is not JSON or not an object. A blank body is None, which
+    only an optional body's model accepts (api.schemas.CancelBody). flask-openapi3 validates
+    each view's `body` model against what this returns."""
+
+    def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        raw = request_body()
+        if not raw.strip():
+            return None
+        try:
+            document = from_json(raw)
+        except ValueError as exc:
+            raise RequestInvalid({"body": "not valid JSON"}) from exc
+        if not isinstance(document, dict):
+            raise RequestInvalid({"body": "must be a JSON object"})
+        return document
+
+
 def validated_body(model: type[M]) -> M:
-    """The JSON body parsed into `model`. Malformed JSON, a non-object, unknown or missing
-    fields and wrong types are all 422s that name the field; nothing is coerced."""
-    raw = request_body()
-    if not raw.strip():
-        raise RequestInvalid({"body": "a JSON object is required"})
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        raise RequestInvalid(field_reasons(exc)) from exc
+    """The body as `model`, as flask-openapi3 validates a view's `body` (for the throttle,
+    which decides before the view); RequestInvalid or ValidationError when it is not."""
+    return model.model_validate(request.get_json())
 
 
-def validated_query(model: type[M]) -> M:
-    try:
-        return model.model_validate(request.args.to_dict())
-    except ValidationError as exc:
-        raise RequestInvalid(field_reasons(exc)) from exc
-
-
-def optional_body(model: type[M]) -> M:
-    """Like `validated_body`, but an empty body stands for `{}` (every field optional)."""
-    if not request_body().strip():
-        return model()
-    return validated_body(model)
-
-
-def validated_header(name: str) -> str | None:
-    """The request header `name` checked against its type in api.schemas.HEADERS (the one
-    the OpenAPI document shows); None when the request has no such header."""
-    value = request.headers.get(name)
-    if value is None:
-        return None
-    try:
-        return HEADERS[name].validate_python(value)
-    except ValidationError as exc:
-        raise RequestInvalid({name: next(iter(field_reasons(exc).values()))}) from exc
+def validation_failed(exc: ValidationError) -> Response:
+    """flask-openapi3's answer to a request its models refuse: the contract's 422."""
+    return error_response("validation_error", "The request is not valid.", field_reasons(exc))

@@ -3,18 +3,19 @@ states them, and the docs page shows every path."""
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.contract import API
 from tests.factories import JOB_FIELDS
-from tests.test_api_auth import API
 
-HIDDEN = {f"{API}/openapi.json", f"{API}/docs"}  # the document and its page
+# The document, its explorer's page and the explorer's files.
+HIDDEN = {f"{API}/openapi.json", f"{API}/docs", f"{API}/swagger/<path:filename>"}
 SCHEMA_REF = re.compile(r"^#/components/schemas/[^/]+$")
 JOB_KEYS = set(JOB_FIELDS)
 # The contract's table: (method, path) -> (its success statuses, error codes it names).
@@ -175,6 +176,15 @@ def test_each_operation_answers_as_the_contract_says(
         assert "content" not in op["responses"]["204"]  # no body
     signed_in = path not in ("/auth/register", "/auth/login")
     assert (op.get("security") == [{"bearer": []}]) is signed_in
+
+
+def test_every_error_answer_is_the_one_error_shape(document: dict[str, Any]) -> None:
+    """No operation documents an error in another shape (such as a library's own 422)."""
+    error_body = document["components"]["schemas"]["ErrorBody"]
+    for key, op in _operations(document).items():
+        for status, answer in op["responses"].items():
+            if int(status) >= 400:
+                assert _json_schema(document, answer) == error_body, (key, status)
 
 
 @pytest.mark.parametrize(("method", "path"), list(BODIES))
@@ -342,12 +352,27 @@ def test_each_endpoint_for_one_role_names_it(
     assert op["description"] == f"Allowed roles: {ROLES[(method, path)]}."
 
 
-def test_the_docs_page_is_html_and_shows_every_path(
-    client: FlaskClient, document: dict[str, Any]
+def test_the_docs_page_is_an_explorer_of_the_document_loaded_from_this_server_only(
+    client: FlaskClient,
 ) -> None:
+    """Swagger UI, from the files a Python package ships: every script, stylesheet and icon
+    the page names is served here, and the page names no other host (no CDN)."""
     page = client.get(f"{API}/docs")
     assert (page.status_code, page.mimetype) == (200, "text/html")
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    assert page.headers["Cache-Control"] == "no-store"
     text = page.get_data(as_text=True)
     assert text.lower().startswith("<!doctype html>")
-    for method, path in _operations(document):
-        assert f"{method.upper()} {html.escape(path)}" in text, (method, path)
+    assert re.findall(r"https?://", text) == []  # nothing from another host
+    assert "SwaggerUIBundle" in text
+    assert re.search(r'new URL\("openapi\.json"', text)  # the document beside the page
+    assets = re.findall(r'(?:src|href)="([^"]+)"', text)
+    kinds = {asset.rsplit(".", 1)[-1] for asset in assets}
+    assert {"js", "css"} <= kinds, assets
+    for asset in assets:
+        with client.get(urljoin(f"{API}/docs", asset)) as answer:  # a file: close it
+            assert answer.status_code == 200, asset
+            assert answer.headers["X-Content-Type-Options"] == "nosniff", asset
+            assert len(answer.get_data()) > 0, asset
+    document = client.get(urljoin(f"{API}/docs", "openapi.json"))
+    assert (document.status_code, document.mimetype) == (200, "application/json")
