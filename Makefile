@@ -35,6 +35,7 @@ typecheck: install
 
 test: lint typecheck $(JS_STAMP)
 	$(BIN)/pytest
+	TEST_DATABASE=sqlite $(BIN)/pytest -q  # the domain and API on make run's SQLite (tests/conftest.py)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
