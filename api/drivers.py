@@ -33,13 +33,13 @@ bp = APIBlueprint("drivers", __name__, url_prefix="/drivers/me", abp_tags=[Tag(n
 DRIVER = ("driver",)
 
 
-def _for_drivers(summary: str, answers: dict[int, Any], *errors: str) -> dict[str, Any]:
+def _driver_only_operation(summary: str, answers: dict[int, Any], *errors: str) -> dict[str, Any]:
     return operation(summary, answers, ("forbidden", *errors), roles=DRIVER)
 
 
 @bp.get(
     "",
-    **_for_drivers(
+    **_driver_only_operation(
         "You: online, approved, and the job you are on",
         {200: DriverAnswer},
         "service_unavailable",
@@ -100,7 +100,7 @@ def location(body: LocationBody) -> tuple[str, int]:
 
 @bp.get(
     "/offers",
-    **_for_drivers(
+    **_driver_only_operation(
         "Your live feed: pending jobs offered to you, newest first",
         {200: OffersAnswer},
     ),

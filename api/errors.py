@@ -63,15 +63,15 @@ def error_response(code: str, message: str, fields: dict[str, str] | None = None
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(DomainError)
-    def _domain(exc: DomainError) -> Response:
+    def _domain_error(exc: DomainError) -> Response:
         return error_response(exc.code, exc.message)
 
     @app.errorhandler(RequestInvalid)
-    def _invalid(exc: RequestInvalid) -> Response:
+    def _request_invalid(exc: RequestInvalid) -> Response:
         return error_response("validation_error", exc.message, exc.fields)
 
     @app.errorhandler(MalformedRequest)
-    def _malformed(exc: MalformedRequest) -> Response:
+    def _malformed_request(exc: MalformedRequest) -> Response:
         return error_response("bad_request", "The request is not valid HTTP.")
 
     @app.errorhandler(RequestEntityTooLarge)
@@ -79,7 +79,7 @@ def register_error_handlers(app: Flask) -> None:
         return error_response("payload_too_large", "The request body is too large.")
 
     @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
+    def _http_error(exc: HTTPException) -> Response:
         code = _CODE_BY_HTTP_STATUS.get(exc.code or 500, "internal_error")
         message = {
             "not_found": "No such resource.",

@@ -56,7 +56,7 @@ def _take_step(job_id: int, step: Callable[[Session, User, int], Step]) -> Respo
     return jsonify(as_json(job_view(done.job)))  # after commit: no lock held for Redis
 
 
-def _driver_step(summary: str, errors: tuple[str, ...] = STEP_ERRORS) -> dict[str, Any]:
+def _driver_step_operation(summary: str, errors: tuple[str, ...] = STEP_ERRORS) -> dict[str, Any]:
     return operation(summary, answers={200: JobView}, errors=errors, roles=DRIVER)
 
 
@@ -128,7 +128,7 @@ def events(path: JobPath) -> Response:
 
 @bp.post(
     "/<int:job_id>/accept",
-    **_driver_step(
+    **_driver_step_operation(
         "Take a job offered to you: exactly one driver wins; the winner's retry answers 200",
         errors=("forbidden", "not_found", "job_not_available", "conflict"),
     ),
@@ -137,19 +137,19 @@ def accept(path: JobPath) -> Response:
     return _take_step(path.job_id, accept_job)
 
 
-@bp.post("/<int:job_id>/arrive", **_driver_step("You are at the pickup (from accepted)"))
+@bp.post("/<int:job_id>/arrive", **_driver_step_operation("You are at the pickup (from accepted)"))
 def arrive(path: JobPath) -> Response:
     return _take_step(path.job_id, arrive_job)
 
 
-@bp.post("/<int:job_id>/start", **_driver_step("The work has started (from arrived)"))
+@bp.post("/<int:job_id>/start", **_driver_step_operation("The work has started (from arrived)"))
 def start(path: JobPath) -> Response:
     return _take_step(path.job_id, start_job)
 
 
 @bp.post(
     "/<int:job_id>/complete",
-    **_driver_step("The job is done (from in_progress); you are free for the next one"),
+    **_driver_step_operation("The job is done (from in_progress); you are free for the next one"),
 )
 def complete(path: JobPath) -> Response:
     return _take_step(path.job_id, complete_job)
@@ -157,7 +157,7 @@ def complete(path: JobPath) -> Response:
 
 @bp.post(
     "/<int:job_id>/release",
-    **_driver_step(
+    **_driver_step_operation(
         "Give the job back before starting it (from accepted or arrived): it is offered "
         "again to every eligible driver but you"
     ),

@@ -146,12 +146,12 @@ def throttle_blueprint(bp: Blueprint) -> None:
     registers `bp`, and refusals (a limit, or every hashing slot busy) are answered in the
     contract's error shape with `Retry-After`."""
 
-    def start(state: BlueprintSetupState) -> None:
+    def limit_on_app(state: BlueprintSetupState) -> None:
         _throttled_blueprints.add(f"{state.name_prefix}.{state.name}".lstrip("."))
         assert isinstance(state.app, Flask)
         limiter.init_app(state.app)
 
-    bp.record_once(start)
+    bp.record_once(limit_on_app)
     bp.register_error_handler(RateLimitExceeded, _rate_limited)
     bp.register_error_handler(PasswordHashingBusy, _hashing_busy)
 
