@@ -11,8 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.contract import API
-from tests.factories import JOB_FIELDS
+from tests.contract import API, JOB_FIELDS
 
 # The document, its explorer's page and the explorer's files.
 HIDDEN = {f"{API}/openapi.json", f"{API}/docs", f"{API}/swagger/<path:filename>"}
