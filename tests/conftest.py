@@ -63,9 +63,10 @@ from tests.processes import run_admin_sql  # noqa: E402
 
 pytest_plugins = ["tests.fake_apns_fixtures"]
 
-# The modules run on SQLite too: the domain and the API in one process, as `make run` serves
-# them on its embedded default. The rest start the real process stack, stop PostgreSQL or
-# Redis, or race on PostgreSQL's row locks, and run on PostgreSQL only.
+# The modules run on SQLite too, `make run`'s embedded default: the domain and the API in
+# one process, and the whole stack of processes sharing one SQLite file (test_end_to_end).
+# The rest run once, on PostgreSQL: they need no database, hold PostgreSQL's row or advisory
+# locks, stop PostgreSQL or Redis, or spend minutes on workers' recovery a second run doubles.
 SQLITE_MODULES = (
     "tests/test_accept_race.py",
     "tests/test_api_auth.py",
@@ -74,6 +75,7 @@ SQLITE_MODULES = (
     "tests/test_api_jobs.py",
     "tests/test_bad_input.py",
     "tests/test_eligibility.py",
+    "tests/test_end_to_end.py",
     "tests/test_lifecycle_api.py",
     "tests/test_smoke_api.py",
 )
