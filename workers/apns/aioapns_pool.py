@@ -1,5 +1,11 @@
 """Dispatch's seams in aioapns: where to connect, the contract's headers exactly, and fixes for
-aioapns's bugs."""
+aioapns's bugs.
+
+These subclasses copy and override aioapns internals (`send_notification`, `free_channels`,
+`request_streams`, `_create_connection`, `discard_connection`), so aioapns is pinned to exactly
+AIOAPNS_VERSION; tests/test_apns.py fails on any other. Before moving the pin, re-read each
+override below against the new aioapns and drop those whose upstream bug is fixed. Measured
+against a thin httpx client in bench/push.py (bench/push_httpx.py): aioapns kept."""
 
 from __future__ import annotations
 
@@ -20,12 +26,14 @@ from settings import settings
 from workers.apns.provider_token import SharedProviderToken
 from workers.apns.pushes import APPLE_HOSTS, Push
 
+AIOAPNS_VERSION = "4.0"
 MAX_CONNECTIONS = 4  # per environment: one carries up to 1000 streams, more only under load
 MAX_CONNECTION_ATTEMPTS = 2
 
 
 class PushRequest(NotificationRequest):
-    """aioapns's request, with an absolute `apns-expiration` (it only knows a relative TTL)."""
+    """aioapns's request, with an absolute `apns-expiration`: aioapns 4.0 only sends
+    `time_to_live` seconds from the moment of sending (a feature it lacks, no upstream issue)."""
 
     __slots__ = ("expiration",)
 
@@ -65,6 +73,8 @@ class DispatchProtocol(APNsTLSClientProtocol):
         self.bodies: dict[int, bytearray] = {}
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        """aioapns 4.0's own, but with `_headers` and compact JSON; its future is made on
+        `self.loop` (aioapns's `asyncio.Future()` binds whatever loop is current)."""
         stream_id = await self.free_channels.acquire()
         self.conn.send_headers(stream_id=stream_id, headers=self._headers(request))
         body = json.dumps(request.message, ensure_ascii=False, separators=(",", ":")).encode()
@@ -96,6 +106,9 @@ class DispatchProtocol(APNsTLSClientProtocol):
         return headers
 
     def on_response_received(self, headers: dict[bytes, bytes]) -> None:
+        """aioapns 4.0 calls `set_result` on a future its caller already cancelled
+        (InvalidStateError inside the protocol); the hang after a lost connection reported
+        upstream as Fatal1ty/aioapns#41 (open) is the same kind."""
         notification_id = headers.get(b"apns-id", b"").decode()
         status = headers.get(b":status", b"").decode()
         if status != "200":
@@ -106,10 +119,16 @@ class DispatchProtocol(APNsTLSClientProtocol):
             request.set_result(NotificationResult(notification_id, status))
 
     def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
+        """Acknowledged, so the flow-control window reopens: upstream Fatal1ty/aioapns PR #75
+        (open, unmerged). And kept until the stream ends: aioapns 4.0 parses each DATA frame
+        as a whole JSON body and waits forever when it is split, not JSON or has no `reason`
+        (no upstream issue found)."""
         self.conn.acknowledge_received_data(len(raw_data), stream_id)
         self.bodies.setdefault(stream_id, bytearray()).extend(raw_data)
 
     def on_stream_ended(self, stream_id: int) -> None:
+        """Every stream forgotten at its end: aioapns 4.0 never forgets the stream of a 200
+        answer, so `request_streams` grows for the connection's life (no upstream issue found)."""
         body = bytes(self.bodies.pop(stream_id, b""))
         notification_id = self.request_streams.pop(stream_id, None)
         if notification_id is not None:
@@ -120,6 +139,8 @@ class DispatchProtocol(APNsTLSClientProtocol):
         super().on_stream_ended(stream_id)  # frees the stream's slot
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """aioapns 4.0 calls `set_exception` on every waiting future, cancelled ones too: the
+        first InvalidStateError leaves the rest waiting forever (Fatal1ty/aioapns#41, open)."""
         self.requests = {nid: fut for nid, fut in self.requests.items() if not fut.done()}
         self.bodies.clear()
         super().connection_lost(exc)
@@ -162,6 +183,9 @@ class DispatchPool(APNsKeyConnectionPool):
         self.auth = auth
 
     async def create_connection(self) -> APNsBaseClientProtocol:
+        """aioapns 4.0 gives every connection its own provider token (so many processes trip
+        TooManyProviderTokenUpdates) and no host or port to connect to: our protocol class and
+        the shared token, through its private `_create_connection` (no upstream issue)."""
         factory = partial(
             self.protocol_class,
             settings.apns_topic,
@@ -172,5 +196,7 @@ class DispatchPool(APNsKeyConnectionPool):
         return await self._create_connection(factory)
 
     def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
-        if connection in self.connections:  # lost before the pool had added it
+        """A connection lost before the pool added it: aioapns 4.0 raises ValueError from
+        `list.remove` inside `connection_lost` (Fatal1ty/aioapns#55, open)."""
+        if connection in self.connections:
             super().discard_connection(connection)
