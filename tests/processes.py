@@ -55,16 +55,25 @@ def port_open(port: int) -> bool:
 
 
 class Process:
-    """A child process with its output in a log file, stopped by `stop()` (SIGTERM, then KILL)."""
+    """A child process with its output in a log file, stopped by `stop()` (SIGTERM, then KILL).
+    It runs on this run's environment plus `env`, or, with `inherit_environment=False`, on
+    `env` alone (to see a variable unset that this run sets)."""
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_dir: Path,
+        env: dict[str, str],
+        inherit_environment: bool = True,
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
         self.popen = subprocess.Popen(
             argv,
             cwd=PROJECT_ROOT,
-            env={**os.environ, **env},
+            env={**os.environ, **env} if inherit_environment else env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -229,6 +238,13 @@ class PrivateRedis:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+    def __enter__(self) -> PrivateRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 def _pings(client: redis.Redis) -> bool:

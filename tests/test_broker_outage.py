@@ -19,10 +19,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    with PrivateRedis(tmp_path) as server:
+        yield server
 
 
 def _dispatch_state(job_id: int) -> tuple[bool, list[int]]:

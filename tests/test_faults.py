@@ -96,10 +96,8 @@ def own_database(cluster: PrivatePostgres, request: pytest.FixtureRequest) -> st
 
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
+    with PrivateRedis(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

@@ -56,28 +56,8 @@ def _without(*names: str) -> dict[str, str]:
 @pytest.fixture
 def locked_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     """A redis-server of this test's own that demands a password."""
-    server = PrivateRedis(tmp_path, password=_secret("redis-pw"))
-    server.start()
-    yield server
-    server.stop()
-
-
-class ProcessOnEnv(Process):
-    """A `Process` started on exactly `env`: `Process` adds this run's environment, in which
-    SECRET_KEY is set, so a variable could not be unset through it."""
-
-    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    with PrivateRedis(tmp_path, password=_secret("redis-pw")) as server:
+        yield server
 
 
 def _assert_none_shown(secrets: dict[str, str], where: str, text: str) -> None:
@@ -217,7 +197,9 @@ def test_no_process_starts_on_a_forgeable_secret(tmp_path: Path, kind: str, secr
         FLOWER_PORT=str(free_port()),
         FLOWER_BASIC_AUTH="operator:flower-password",
     )
-    process = ProcessOnEnv(kind, _start_commands(tmp_path)[kind], tmp_path, env)
+    process = Process(
+        kind, _start_commands(tmp_path)[kind], tmp_path, env, inherit_environment=False
+    )
     try:
         wait_until(lambda: not process.alive(), 60, f"{kind} to refuse to start")
         assert process.popen.returncode != 0
@@ -233,7 +215,7 @@ def test_development_runs_without_a_secret(tmp_path: Path) -> None:
     port = free_port()
     argv = _start_commands(tmp_path)["web"]
     argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    process = ProcessOnEnv("web", argv, tmp_path, env)
+    process = Process("web", argv, tmp_path, env, inherit_environment=False)
     try:
         wait_until(lambda: port_open(port) or not process.alive(), 30, "gunicorn to listen")
         answer = requests.get(f"http://127.0.0.1:{port}/api/v1/health", timeout=10)
