@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from api.errors import STATUS_BY_CODE
 from api.schemas import ErrorBody
-from api.validation import JsonBodyRequest, validation_failed
+from api.validation import ROLES_EXTENSION, JsonBodyRequest, validation_failed
 
 BEARER = "bearer"
 DOCUMENT_URL = "openapi.json"
@@ -73,6 +73,7 @@ def operation(
     doc: dict[str, Any] = {"summary": summary, "responses": responses}
     if roles is not None:
         doc["security"] = [{BEARER: []}]
+        doc["openapi_extensions"] = {ROLES_EXTENSION: list(roles)}
     if roles:
         doc["description"] = "Allowed roles: " + ", ".join(roles) + "."
     return doc

@@ -243,3 +243,63 @@ def test_the_wrong_role_is_403_never_the_data_and_writes_nothing(
     assert stored_state() == before
     with session_scope() as session:
         assert session.scalar(select(User.role).where(User.id == caller.id)) == role
+
+
+# --- who before what: a refused caller never learns what was wrong with their request ------
+
+# Requests invalid in each way the API validates: a malformed body, a body of the wrong
+# shape, a wrong query value, a wrong header, on routes that need a token.
+INVALID_REQUESTS = [
+    ("POST", "/devices", "{not json", {}),
+    ("PUT", "/drivers/me/availability", {"online": "maybe"}, {}),
+    ("PUT", "/drivers/me/location", {"lat": 91, "lng": 0}, {}),
+    ("POST", "/jobs", ["not", "an", "object"], {}),
+    ("POST", "/jobs", {"pickup": {"lat": ORIGIN[0]}}, {"Idempotency-Key": "x" * 500}),
+    ("GET", "/jobs?status=nonsense", None, {}),
+    ("POST", "/jobs/{job}/cancel", {"reason": 7}, {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers"), INVALID_REQUESTS)
+def test_an_invalid_request_without_a_valid_token_is_401_not_422(
+    client: FlaskClient, factory: Factory, method: str, path: str, body: Any, headers: dict
+) -> None:
+    job = factory.job(factory.customer())
+    before = stored_state()
+    for authorization in ({}, {"Authorization": "Bearer not-a-token"}):
+        answer = client.open(
+            API + path.format(job=job["id"]),
+            method=method,
+            headers={**headers, **authorization},
+            **({"data": body} if isinstance(body, str) else {"json": body}),
+            content_type="application/json",
+        )
+        assert_error(answer, 401, "unauthorized")
+    assert stored_state() == before
+
+
+@pytest.mark.parametrize(("method", "path", "body", "headers"), INVALID_REQUESTS)
+def test_an_invalid_request_in_the_wrong_role_is_403_and_in_the_right_one_422(
+    client: FlaskClient, factory: Factory, method: str, path: str, body: Any, headers: dict
+) -> None:
+    customer, driver = factory.customer(), factory.driver()
+    job = factory.job(customer)
+    wrong, right = (customer, driver) if "drivers" in path else (driver, customer)
+    if path == "/devices":
+        wrong = None  # any signed-in user may register a device
+    before = stored_state()
+    for caller, status, code in ((wrong, 403, "forbidden"), (right, 422, "validation_error")):
+        if caller is None:
+            continue
+        answer = client.open(
+            API + path.format(job=job["id"]),
+            method=method,
+            headers={**headers, **caller.headers},
+            **({"data": body} if isinstance(body, str) else {"json": body}),
+            content_type="application/json",
+        )
+        if code == "validation_error":
+            assert answer.status_code == 422, answer.get_json()
+        else:
+            assert_error(answer, status, code)
+    assert stored_state() == before
