@@ -1,0 +1,123 @@
+"""Prometheus metrics of every Dispatch process, and how operators read them.
+
+Every metric is defined here, once, so that the dashboard and the alert rules (ops/) can be
+checked against one list. Each process type is scraped on its own: the API (`/metrics` on
+its port), the gateway (`/metrics` on its port), and each kind of worker on
+`METRICS_PORT`. All of them ask for the operators' password (`FLOWER_BASIC_AUTH`, the one
+Flower asks for) and answer nothing without it.
+
+gunicorn's workers and Celery's prefork children are separate processes: with
+`PROMETHEUS_MULTIPROC_DIR` set (one directory per process type, emptied when it starts;
+bin/run-stack sets them) prometheus-client keeps their values in files that the scrape adds
+up. Without it (one process: the gateway, tests of one function) the values live in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from settings import settings
+
+REQUESTS = Counter(
+    "dispatch_http_requests",
+    "REST requests answered, by route template, method and status.",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "dispatch_http_request_duration_seconds",
+    "Time to answer a REST request, by route template and method.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+JOB_EVENTS = Counter(
+    "dispatch_job_events",
+    "Changes of jobs announced (created, offered, accepted, arrived, started, completed, "
+    "released, declined, cancelled, expired), each counted once when its task announces it.",
+    ["event"],
+)
+BOOKING_TO_FIRST_OFFER = Histogram(
+    "dispatch_booking_to_first_offer_seconds",
+    "From a job's creation to its first offers going out (job:new sent), by the job's own "
+    "timestamps.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+BOOKING_TO_ACCEPT = Histogram(
+    "dispatch_booking_to_accept_seconds",
+    "From a job's creation to a driver accepting it, by the job's own timestamps.",
+    buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+OFFERS_PER_ROUND = Histogram(
+    "dispatch_offers_per_round",
+    "Drivers offered a job in one round (its first, or the one after a release).",
+    buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500),
+)
+OFFERS_SENT = Counter("dispatch_offers_sent", "Offers sent to drivers as job:new.")
+PUSHES = Counter(
+    "dispatch_pushes",
+    "APNs pushes finished, by outcome (delivered, retry, dead_token, failed) and APNs reason.",
+    ["outcome", "reason"],
+)
+SOCKETS_CONNECTED = Gauge(
+    "dispatch_sockets_connected",
+    "Signed-in sockets this gateway holds.",
+    multiprocess_mode="livesum",
+)
+SOCKET_EVENTS = Counter(
+    "dispatch_socket_events",
+    "Events this gateway delivered to its sockets, by event name.",
+    ["event"],
+)
+GATEWAY_SUBSCRIBED = Gauge(
+    "dispatch_gateway_redis_subscribed",
+    "1 while this gateway holds its Redis subscription (events reach its sockets), else 0.",
+    multiprocess_mode="liveall",
+)
+LOCATION_REPORTS = Counter(
+    "dispatch_location_reports",
+    "Driver position reports stored, by the way they came (socket, rest).",
+    ["via"],
+)
+SWEEP_REDRIVEN = Counter(
+    "dispatch_sweep_redriven",
+    "Announcements and pushes the outbox sweep had to re-drive (their enqueue was lost or "
+    "their worker died): each one is an alarm.",
+    ["kind"],
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """This process type's metrics in the Prometheus text format, and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def scrape_allowed(authorization: str | None) -> bool:
+    """Whether an `Authorization` header carries the operators' password. Without one set
+    (`FLOWER_BASIC_AUTH`) nobody may scrape."""
+    expected = settings.flower_basic_auth
+    if not expected or ":" not in expected or not authorization:
+        return False
+    scheme, _, encoded = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        given = base64.b64decode(encoded.strip(), validate=True)
+    except ValueError:
+        return False
+    return hmac.compare_digest(given, expected.encode())
