@@ -1,6 +1,10 @@
 """Push throughput: pushes per second ONE process delivers to the fake APNs over HTTP/2 for a
 fan-out of 5,000 tokens, through `workers.apns.send_pushes` as the push worker calls it (its
-aioapns pool, its bound of pushes in flight, its shared provider token).
+aioapns pool, its bound of pushes in flight, its shared provider token), and the CPU time the
+sending process spends per push (less sensitive to other load on the machine than the rate).
+
+Beside it, the same fan-outs through bench/push_httpx.py (the same sender on httpx with HTTP/2
+instead of aioapns), to re-measure the choice of client.
 
 Floor: h2load (Debian package nghttp2-client) sending the same requests to the same server:
 5,000 distinct device paths, the headers send_pushes sends (a bearer JWT signed with the fake
@@ -8,11 +12,12 @@ key, topic, push type, priority, collapse id, expiration, an apns-id) and the sa
 on one connection with as many streams in flight as send_pushes allows (MAX_IN_FLIGHT).
 
 The fake server runs in its own process, so it never shares a GIL with the sender; it forgets
-what it received before each run, so every run meets the same server. Sender and h2load runs
-alternate, RUNS of each; the figures are medians."""
+what it received before each run, so every run meets the same server. aioapns, httpx and h2load
+runs alternate, RUNS of each; the figures are medians."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import re
@@ -24,20 +29,22 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import jwt
 
+from bench.push_httpx import HttpxSender
 from fake_apns import FakeAPNs, make_credentials
 from fake_apns.certs import Credentials
 from settings import settings
-from workers.apns import MAX_IN_FLIGHT, Outcome, Push, send_pushes, shutdown
+from workers.apns import MAX_IN_FLIGHT, Outcome, Push, PushResult, send_pushes, shutdown
 
 FAN_OUT = 5_000
 WARM_UP = 500
-RUNS = 3
+RUNS = 5
 SEND_TIMEOUT_S = 60.0
 H2LOAD_TIMEOUT_S = 60.0
 JOB_ID = 4242
@@ -105,17 +112,31 @@ def _push(n: int) -> Push:
     )
 
 
-def _send(first: int, count: int) -> tuple[float, int]:
-    """Seconds for one send_pushes call of `count` distinct tokens, and how many delivered."""
+Deliver = Callable[[Sequence[Push], float], list[PushResult]]
+
+
+def _send(deliver: Deliver, first: int, count: int) -> tuple[float, float, int]:
+    """Seconds and CPU seconds (this process, every thread) for one call of `count` distinct
+    tokens, and how many were delivered."""
     pushes = [_push(n) for n in range(first, first + count)]
-    started = time.perf_counter()
-    results = send_pushes(pushes, timeout_s=SEND_TIMEOUT_S)
-    elapsed = time.perf_counter() - started
+    started, cpu_started = time.perf_counter(), time.process_time()
+    results = deliver(pushes, SEND_TIMEOUT_S)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     delivered = sum(1 for r in results if r.outcome is Outcome.delivered)
     if delivered != count:
         failures = Counter(f"{r.status} {r.reason}" for r in results if r.status != 200)
         print(f"{count - delivered} of {count} not delivered: {dict(failures)}", file=sys.stderr)
-    return elapsed, delivered
+    return elapsed, cpu, delivered
+
+
+def _through_httpx(sender: HttpxSender) -> Deliver:
+    """send_pushes, with the httpx sender in place of the process's aioapns one."""
+
+    def deliver(pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
+        call = asyncio.run_coroutine_threadsafe(sender.send_all(pushes, timeout_s), sender.loop)
+        return call.result(timeout_s + 5)
+
+    return deliver
 
 
 def _h2load_files(credentials: Credentials, port: int, directory: Path) -> list[str]:
@@ -179,31 +200,49 @@ def _measure(server: _Server, directory: Path) -> dict[str, Any]:
     credentials = make_credentials(directory, reuse=True)
     _configure(credentials, server.port)
     h2load_argv = _h2load_files(credentials, server.port, directory) if _has_h2load() else None
-    _send(10 * FAN_OUT, WARM_UP)  # connect, sign the provider token, warm up
-    rates: list[float] = []
-    floors: list[float | None] = []
+    httpx_sender = HttpxSender()
+    senders: dict[str, Deliver] = {"aioapns": send_pushes, "httpx": _through_httpx(httpx_sender)}
+    try:
+        runs = _runs(server, senders, h2load_argv)
+    finally:
+        httpx_sender.close()
+    for name, (rates, cpu_us) in runs.items():
+        print(f"{name}: pushes/s {rates}; CPU µs/push {cpu_us}", file=sys.stderr)
+    rate, cpu = (statistics.median(runs["aioapns"][i]) for i in (0, 1))
+    httpx_rate, httpx_cpu = (statistics.median(runs["httpx"][i]) for i in (0, 1))
+    floors = runs.get("h2load", ([], []))[0]
+    floor = statistics.median(floors) if floors and all(floors) else None
+    return {
+        "per_s": round(rate, 1),
+        "cpu_us_per_push": round(cpu),
+        "floor_per_s": round(floor, 1) if floor else None,
+        "ratio": round(rate / floor, 2) if floor else None,
+        "httpx_per_s": round(httpx_rate, 1),
+        "httpx_cpu_us_per_push": round(httpx_cpu),
+    }
+
+
+def _runs(
+    server: _Server, senders: dict[str, Deliver], h2load_argv: list[str] | None
+) -> dict[str, tuple[list[float], list[float]]]:
+    """RUNS fan-outs of each sender (and h2load), alternating: pushes/s and CPU µs a push."""
+    runs: dict[str, tuple[list[float], list[float]]] = {}
+    for deliver in senders.values():
+        _send(deliver, 10 * FAN_OUT, WARM_UP)  # connect, sign the provider token, warm up
     for run in range(RUNS):
-        server.clear()
-        elapsed, delivered = _send(run * FAN_OUT, FAN_OUT)
-        if delivered != FAN_OUT:
-            raise RuntimeError("not every push was delivered: the rate would mean nothing")
-        rates.append(FAN_OUT / elapsed)
+        for name, deliver in senders.items():
+            server.clear()
+            elapsed, cpu, delivered = _send(deliver, run * FAN_OUT, FAN_OUT)
+            if delivered != FAN_OUT:
+                raise RuntimeError(f"{name}: not every push delivered, the rate means nothing")
+            rates, cpu_us = runs.setdefault(name, ([], []))
+            rates.append(round(FAN_OUT / elapsed))
+            cpu_us.append(round(cpu / FAN_OUT * 1e6))
         if h2load_argv is not None:
             server.clear()
-            floors.append(_h2load(h2load_argv))
-    print(
-        f"send_pushes per s: {[round(r) for r in rates]};"
-        f" h2load req/s: {[round(f) if f else None for f in floors]}",
-        file=sys.stderr,
-    )
-    per_s = statistics.median(rates)
-    measured = [f for f in floors if f is not None]
-    floor = statistics.median(measured) if measured and len(measured) == len(floors) else None
-    return {
-        "per_s": round(per_s, 1),
-        "floor_per_s": round(floor, 1) if floor else None,
-        "ratio": round(per_s / floor, 2) if floor else None,
-    }
+            floor = _h2load(h2load_argv)
+            runs.setdefault("h2load", ([], []))[0].append(round(floor) if floor else 0)
+    return runs
 
 
 def _has_h2load() -> bool:
