@@ -1,6 +1,10 @@
 """`make bench`: create a throwaway database and Redis prefix, run every benchmark in its own
 process (`python -m bench.<name>`, which prints its figures as one JSON line last), print a
-table and write bench/results.json."""
+table and write bench/results.json.
+
+Progress goes to stderr as it happens: each benchmark's start and end (`[2/7] accept: done
+in 21.4 s`), and every line a benchmark writes to its stderr (its own progress: feeds
+connected, phases, rates), prefixed with its name. The table goes to stdout at the end."""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import IO
 
 import redis
 
@@ -22,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+BENCHMARK_TIMEOUT_S = 240
+STILL_RUNNING_EVERY_S = 30
 
 
 def _machine() -> dict[str, object]:
@@ -33,22 +42,63 @@ def _machine() -> dict[str, object]:
     }
 
 
-def _run_one(name: str, env: dict[str, str]) -> dict[str, object]:
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _relay(stream: IO[str], prefix: str) -> None:
+    """Show a benchmark's stderr as it comes, each line under its name."""
+    for line in stream:
+        _progress(f"{prefix}{line.rstrip()}")
+
+
+def _wait(child: subprocess.Popen[str], tag: str, started: float) -> str | None:
+    """Wait for a benchmark, saying every STILL_RUNNING_EVERY_S that it still runs (most
+    have phases that print nothing); why it failed, or None."""
+    deadline = started + BENCHMARK_TIMEOUT_S
+    while True:
+        try:
+            code = child.wait(min(STILL_RUNNING_EVERY_S, max(deadline - time.monotonic(), 0)))
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                child.kill()
+                child.wait()
+                return f"no result in {BENCHMARK_TIMEOUT_S} s"
+            _progress(f"{tag}: still running, {time.monotonic() - started:.0f} s")
+            continue
+        return None if code == 0 else f"exit {code}"
+
+
+def _run_one(name: str, position: str, env: dict[str, str]) -> dict[str, object]:
+    """Run `bench.<name>` in its own process, its figures from its last stdout line."""
+    tag = f"[{position}] {name}"
+    _progress(f"{tag}: starting…")
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", f"bench.{name}"],
-        cwd=HERE.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as stdout:
+        child = subprocess.Popen(
+            [sys.executable, "-m", f"bench.{name}"],
+            cwd=HERE.parent,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            encoding="utf-8",
+            errors="replace",
+        )
+        assert child.stderr is not None
+        relay = threading.Thread(target=_relay, args=(child.stderr, f"    {name}: "), daemon=True)
+        relay.start()
+        failure = _wait(child, tag, started)
+        relay.join(5)
+        stdout.seek(0)
+        printed = stdout.read()
     seconds = round(time.monotonic() - started, 1)
-    if done.returncode != 0:
-        sys.stderr.write(done.stdout[-2000:] + done.stderr[-4000:])
-        return {"error": f"exit {done.returncode}", "seconds": seconds}
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if failure is not None:
+        _progress(f"{tag}: failed ({failure}) after {seconds} s")
+        sys.stderr.write(printed[-2000:])
+        return {"error": failure, "seconds": seconds}
+    result = json.loads(printed.strip().splitlines()[-1])
     result["seconds"] = seconds
+    _progress(f"{tag}: done in {seconds} s")
     return result
 
 
@@ -68,10 +118,14 @@ def main() -> int:
         env.pop(unset, None)
     try:
         dispatch_cli = str(Path(sys.executable).parent / "dispatch")
+        _progress(f"migrating the benchmark database {database}…")
         subprocess.run(
-            [dispatch_cli, "migrate"], cwd=HERE.parent, env=env, check=True, capture_output=True
+            [dispatch_cli, "migrate"], cwd=HERE.parent, env=env, check=True, stdout=sys.stderr
         )
-        results = {name: _run_one(name, env) for name in only}
+        results = {
+            name: _run_one(name, f"{number}/{len(only)}", env)
+            for number, name in enumerate(only, start=1)
+        }
     finally:
         run_admin_sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         r = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))

@@ -1,8 +1,16 @@
-"""Alembic environment: the URL and the metadata come from the app's own config and models."""
+"""Alembic environment: the URL and the metadata come from the app's own config and models.
 
+Alembic logs each migration as it starts (`Running upgrade 0002 -> 0003, …`, INFO on the
+`alembic` logger, shown by alembic.ini's console handler); `StepClock` adds how long it took,
+so that a long migration is seen running and then seen done."""
+
+import logging
+import time
 from logging.config import fileConfig
+from typing import Any
 
 from alembic import context
+from alembic.runtime.migration import MigrationInfo
 
 import models
 from models.db import build_engine
@@ -12,10 +20,28 @@ if context.config.config_file_name is not None:
     fileConfig(context.config.config_file_name, disable_existing_loggers=False)
 
 url = context.config.attributes.get("url") or settings.sqlalchemy_url
+log = logging.getLogger("alembic.env")
+
+
+class StepClock:
+    """An `on_version_apply` callback: logs each step done, timed from the previous one's
+    end (or from this clock's start)."""
+
+    def __init__(self) -> None:
+        self.since = time.monotonic()
+
+    def __call__(self, *, step: MigrationInfo, **_: Any) -> None:
+        now = time.monotonic()
+        done = "Upgraded" if step.is_upgrade else "Downgraded"
+        revisions = " ".join(step.destination_revision_ids) or "base"
+        log.info("%s to %s in %.1f s", done, revisions, now - self.since)
+        self.since = now
 
 
 def run_offline() -> None:
-    context.configure(url=url, target_metadata=models.metadata, literal_binds=True)
+    context.configure(
+        url=url, target_metadata=models.metadata, literal_binds=True, on_version_apply=StepClock()
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -27,6 +53,7 @@ def run_online() -> None:
             connection=connection,
             target_metadata=models.metadata,
             render_as_batch=connection.dialect.name == "sqlite",
+            on_version_apply=StepClock(),
         )
         with context.begin_transaction():
             context.run_migrations()
