@@ -9,19 +9,24 @@ from typing import Any
 
 import redis
 
+from models.rooms import socketio_channel
 from settings import settings
-from workers.events import socketio_channel
 
 
 class EventTap:
-    """Subscribes to the socket channel and records every emit: (event, room(s), payload)."""
+    """Subscribes to the socket channel and records every emit: (event, room(s), payload),
+    from the moment it is made."""
 
     def __init__(self, redis_url: str | None = None) -> None:
         self._client = redis.Redis.from_url(redis_url or settings.redis_url, socket_timeout=None)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub = self._client.pubsub()
         self.events: list[tuple[str, Any, Any]] = []
         self._lock = threading.Lock()
         self._pubsub.subscribe(**{socketio_channel(): self._record})
+        # Redis confirms the subscription before it delivers anything published after it.
+        confirmed = self._pubsub.get_message(timeout=10)
+        assert confirmed is not None and confirmed["type"] == "subscribe", confirmed
+        self._pubsub.ignore_subscribe_messages = True
         self._thread = self._pubsub.run_in_thread(sleep_time=0.05, daemon=True)
         self._thread.name = "event-tap"
 
@@ -43,6 +48,12 @@ class EventTap:
                 return found
             time.sleep(0.05)
         raise TimeoutError(f"{count} × {event} not seen in {timeout_s}s; saw {self.events}")
+
+    def __enter__(self) -> EventTap:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self._thread.stop()

@@ -41,10 +41,8 @@ def worker(tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]) -
 
 @pytest.fixture
 def tap() -> Iterator[EventTap]:
-    events = EventTap()
-    time.sleep(0.1)  # the subscription is live before anything is emitted
-    yield events
-    events.close()
+    with EventTap() as events:
+        yield events
 
 
 def _offers(job_id: int) -> list[int]:
@@ -158,6 +156,17 @@ def _hold_offer_row(job_id: int, driver: Account) -> psycopg2.extensions.connect
     return conn
 
 
+def _waiters(held: psycopg2.extensions.connection) -> int:
+    """How many sessions wait on a lock the held transaction has."""
+    with held.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
+        )
+        [waiting] = cur.fetchone()
+    return int(waiting)
+
+
 def _busy_child_pids(worker: Process) -> list[int]:
     children = Path(f"/proc/{worker.popen.pid}/task/{worker.popen.pid}/children").read_text()
     return [int(pid) for pid in children.split()]
@@ -176,7 +185,7 @@ def test_worker_killed_mid_task_loses_no_offer(worker, tap, factory: Factory) ->
     try:
         assert enqueue("notify_nearby", created)
         wait_until(lambda: worker.log().count("] received") > received, 10, "the rerun to start")
-        time.sleep(0.5)  # it is now blocked inside the task, on the held row
+        wait_until(lambda: _waiters(held) > 0, 10, "the rerun to wait on the held row")
         for pid in _busy_child_pids(worker):
             os.kill(pid, signal.SIGKILL)
     finally:
@@ -185,6 +194,15 @@ def test_worker_killed_mid_task_loses_no_offer(worker, tap, factory: Factory) ->
     tap.wait_for("job:new", count=6, timeout_s=30)
     assert late.id in _offers(job["id"])
     assert _offers(job["id"]) == sorted(d.id for d in [*drivers, late])
+
+
+def _push_owed(job_id: int) -> bool:
+    """Whether an event of the job still owes a push (a retry is due)."""
+    with session_scope() as session:
+        owed = session.scalar(
+            select(func.count()).where(JobEvent.job_id == job_id, JobEvent.push_due_at.is_not(None))
+        )
+    return bool(owed)
 
 
 def _device(token: str) -> tuple[bool, str | None]:
@@ -276,7 +294,7 @@ def test_offer_push_is_not_retried_once_the_job_is_taken(
     wait_until(lambda: len(fake_apns.received(phone)) == 1, 20, "the first attempt")
     accepted = client.post(f"/api/v1/jobs/{job['id']}/accept", headers=winner.headers)
     assert accepted.status_code == 200
-    time.sleep(3)  # past the first retry's backoff (1–2 s)
+    wait_until(lambda: not _push_owed(job["id"]), 20, "the retry to find the job taken")
     assert len(fake_apns.received(phone)) == 1
 
 

@@ -33,6 +33,7 @@ import requests
 import socketio
 
 from fake_apns import Behaviour, FakeAPNs
+from models.rooms import socketio_channel
 from tests.factories import ORIGIN, PASSWORD, Account, Factory, HttpClient
 from tests.private_postgres import PrivatePostgres
 from tests.processes import (
@@ -45,7 +46,6 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
-from workers.events import socketio_channel
 
 pytestmark = pytest.mark.slow
 

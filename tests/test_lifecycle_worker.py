@@ -64,10 +64,8 @@ def workers(
 
 @pytest.fixture
 def tap() -> Iterator[EventTap]:
-    events = EventTap()
-    time.sleep(0.1)  # the subscription is live before anything is emitted
-    yield events
-    events.close()
+    with EventTap() as events:
+        yield events
 
 
 def customer_room(account: Account) -> str:

@@ -111,10 +111,8 @@ def crew(crew_processes: Crew) -> Crew:
 
 @pytest.fixture
 def tap() -> Iterator[EventTap]:
-    events = EventTap()
-    time.sleep(0.1)  # the subscription is live before anything is emitted
-    yield events
-    events.close()
+    with EventTap() as events:
+        yield events
 
 
 @dataclass(frozen=True)

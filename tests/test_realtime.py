@@ -12,11 +12,12 @@ import socketio
 
 from models.db import redis_connection
 from models.positions import drivers_near
+from models.rooms import socketio_channel
 from settings import settings
 from tests.factories import ORIGIN, Factory
 from tests.processes import PrivateRedis, Process, start_gateway, wait_until
 from tests.sockets import Listener, Listeners, emit_until_seen
-from workers.events import PublishingRedisManager, emit, socketio_channel
+from workers.events import PublishingRedisManager, emit
 
 pytestmark = pytest.mark.slow
 

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from models.db import redis_connection, session_scope
 from models.job_events import JobEvent
 from models.jobs import Job, JobStatus
+from models.rooms import customer_room, driver_room
 from models.tracking import (
     EARTH_RADIUS_KM,
     great_circle_km,
@@ -35,7 +36,7 @@ from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_gateway, start_workers, wait_until
 from tests.sockets import Listener, Listeners, emit_until_seen
-from workers.events import customer_room, driver_room, emit
+from workers.events import emit
 
 UPDATE = "job:driver_location"
 UPDATE_FIELDS = {"job_id", "lat", "lng", "at", "distance_km"}
@@ -89,14 +90,8 @@ def connect(gateways: list[int]) -> Iterator[Callable[..., Listener]]:
 @pytest.fixture
 def tap(gateways: list[int]) -> Iterator[EventTap]:
     """Every emit on this run's socket channel, the gateways' own included."""
-    events = EventTap()
-    deadline = time.monotonic() + 10
-    while not events.of("tap:ready"):
-        assert time.monotonic() < deadline, "the tap never subscribed"
-        emit("tap:ready", {}, [customer_room(0)])
-        time.sleep(0.05)
-    yield events
-    events.close()
+    with EventTap() as events:
+        yield events
 
 
 @dataclass
