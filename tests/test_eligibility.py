@@ -33,12 +33,21 @@ def test_drivers_beyond_the_radius_are_not(factory: Factory) -> None:
 
 
 def test_offline_drivers_are_not(client, factory: Factory) -> None:
-    never_online = factory.driver(online=False)
+    online = factory.driver()
+    never_online = factory.driver(online=False)  # reports a position all the same
     went_offline = factory.driver()
     client.put(
         "/api/v1/drivers/me/availability", json={"online": False}, headers=went_offline.headers
     )
-    assert never_online.id and _eligible() == []
+    answer = client.put(  # and reports on while offline
+        "/api/v1/drivers/me/location",
+        json={"lat": ORIGIN[0], "lng": ORIGIN[1]},
+        headers=went_offline.headers,
+    )
+    assert answer.status_code == 204
+    located = [c.driver_id for c in drivers_near(redis_connection(), *ORIGIN, 1, 60)]
+    assert sorted(located) == sorted([online.id, never_online.id, went_offline.id])
+    assert _eligible() == [(online.id, 0.0)]
 
 
 def test_stale_positions_are_not(factory: Factory) -> None:
