@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, validation_alias="API_PORT")
     realtime_port: int = Field(default=8001, validation_alias="REALTIME_PORT")
     flower_port: int = Field(default=5555, validation_alias="FLOWER_PORT")
+    # A worker's Prometheus exporter (`/metrics`, FLOWER_BASIC_AUTH); none when unset.
+    metrics_port: int | None = Field(default=None, validation_alias="METRICS_PORT")
     flower_basic_auth: str = Field(default="", validation_alias="FLOWER_BASIC_AUTH", repr=False)
 
     apns_key_path: str = Field(default="", validation_alias="APNS_KEY_PATH")

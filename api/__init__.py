@@ -10,6 +10,7 @@ from flask_openapi3 import APIBlueprint
 
 from api import auth, devices, drivers, jobs, meta
 from api.errors import register_error_handlers
+from api.monitoring import register_monitoring
 from api.openapi import dispatch_api, explorer_files
 from settings import settings
 
@@ -36,6 +37,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.register_api(v1)
     app.register_blueprint(explorer_files(API_PREFIX))
     register_error_handlers(app)
+    register_monitoring(app)
     app.after_request(secure_headers)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

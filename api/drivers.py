@@ -28,6 +28,7 @@ from models.offers import driver_feed
 from models.rooms import customer_room
 from models.schemas import OfferView, as_json
 from workers.events import emit
+from workers.metrics import LOCATION_REPORTS
 
 bp = APIBlueprint("drivers", __name__, url_prefix="/drivers/me", abp_tags=[Tag(name="drivers")])
 DRIVER = ("driver",)
@@ -91,6 +92,7 @@ def location(body: LocationBody) -> tuple[str, int]:
         driver = current_user(session, *DRIVER)
     try:
         update = report_location(redis_connection(), driver.id, body.lat, body.lng)
+        LOCATION_REPORTS.labels("rest").inc()
         if update is not None:
             emit("job:driver_location", update.payload, [customer_room(update.customer_id)])
     except redis.RedisError as exc:

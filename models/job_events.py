@@ -172,14 +172,15 @@ def hold_announcements(session: Session, job_id: int) -> None:
         session.execute(select(func.pg_advisory_xact_lock(ANNOUNCEMENT_LOCK_CLASS, job_id)))
 
 
-def mark_announced(session: Session, event_id: int, push_within_s: float | None) -> None:
+def mark_announced(session: Session, event_id: int, push_within_s: float | None) -> bool:
     """The event's socket part is done; its pushes are owed within `push_within_s`
-    (None: it has none)."""
+    (None: it has none). Whether this call marked it (False: it was announced already)."""
     now = utcnow()
     due = None if push_within_s is None else now + timedelta(seconds=push_within_s)
-    session.execute(
+    marked = session.execute(
         update(JobEvent)
         .where(JobEvent.id == event_id, JobEvent.announced_at.is_(None))
         .values(announced_at=now, push_due_at=due)
         .execution_options(synchronize_session=False)
     )
+    return bool(marked.rowcount)  # type: ignore[attr-defined]

@@ -227,12 +227,12 @@ def unnotified_offers(session: Session, job: Job, driver_ids: Sequence[int]) -> 
     )
 
 
-def mark_notified(session: Session, offer_ids: list[int]) -> None:
+def mark_notified(session: Session, offer_ids: list[int], at: datetime) -> None:
     if offer_ids:
         session.execute(
             update(Offer)
             .where(Offer.id.in_(offer_ids))
-            .values(notified_at=utcnow())
+            .values(notified_at=at)
             .execution_options(synchronize_session=False)
         )
 

@@ -45,6 +45,14 @@ from models.errors import Unauthorized, error_body
 from models.rooms import customer_room, driver_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
 from settings import settings
+from workers.metrics import (
+    GATEWAY_SUBSCRIBED,
+    LOCATION_REPORTS,
+    SOCKET_EVENTS,
+    SOCKETS_CONNECTED,
+    exposition,
+    scrape_allowed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,10 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RESUBSCRIBE_MAX_S)
 
+    async def _handle_emit(self, message: dict[str, Any]) -> None:
+        SOCKET_EVENTS.labels(str(message.get("event"))).inc()
+        await super()._handle_emit(message)
+
     async def _subscribe(self) -> Any:
         """SUBSCRIBE, and wait for Redis to confirm it: from then on no publish is missed."""
         if self._subscriber is None:
@@ -152,6 +164,7 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
             self.pubsub = None
 
     def _subscription_lost(self, reason: str) -> None:
+        GATEWAY_SUBSCRIBED.set(0)
         if self._lost_at is None:
             self._lost_at = time.monotonic()
             log.warning(
@@ -161,6 +174,7 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
             )
 
     async def _subscribed(self) -> None:
+        GATEWAY_SUBSCRIBED.set(1)
         if self._lost_at is None:
             log.info("subscribed to Redis channel %s", self.channel)
             return
@@ -330,8 +344,28 @@ sio = GatewayServer(
     logger=False,
     engineio_logger=False,
 )
-app = socketio.ASGIApp(sio, on_startup=sio.subscribe_now)
 _sign_in_threads = ThreadPoolExecutor(SIGN_IN_THREADS, thread_name_prefix="sign-in")
+
+
+async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Everything but Socket.IO's path: `/metrics` for operators (their password), else 404."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] != "/metrics":
+        status, headers, body = 404, [(b"content-type", b"text/plain")], b"not found\n"
+    else:
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+        if scrape_allowed(authorization):
+            body, content_type = exposition()
+            status, headers = 200, [(b"content-type", content_type.encode())]
+        else:
+            status, body = 401, b"operators only\n"
+            headers = [
+                (b"content-type", b"text/plain"),
+                (b"www-authenticate", b'Basic realm="dispatch metrics"'),
+            ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _user_of_token(token: str) -> tuple[int, str]:
@@ -390,12 +424,15 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
     await sio.save_session(sid, {"user_id": user_id, "role": role})
     room = driver_room(user_id) if role == "driver" else customer_room(user_id)
     await sio.enter_room(sid, room)
+    SOCKETS_CONNECTED.inc()
     log.info("%s %s connected (%s)", role, user_id, sid)
 
 
 @sio.event
 async def disconnect(sid: str, reason: Any = None) -> None:
     session = await sio.get_session(sid)
+    if "user_id" in session:
+        SOCKETS_CONNECTED.dec()
     log.info(
         "%s %s disconnected (%s): %s", session.get("role"), session.get("user_id"), sid, reason
     )
@@ -416,6 +453,7 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
         update = await asyncio.to_thread(
             report_location, redis_connection(), session["user_id"], where.lat, where.lng
         )
+        LOCATION_REPORTS.labels("socket").inc()
         if update is not None:
             await sio.emit(
                 "job:driver_location", update.payload, room=customer_room(update.customer_id)
@@ -426,3 +464,6 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
             "service_unavailable", "Your position could not be stored; send it again."
         )
     return {"ok": True}
+
+
+app = socketio.ASGIApp(sio, other_asgi_app=metrics_app, on_startup=sio.subscribe_now)

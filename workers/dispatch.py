@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.db import redis_connection, session_scope
+from models.db import after_commit, redis_connection, session_scope, utcnow
 from models.job_events import (
     EventType,
     JobEvent,
@@ -31,6 +32,13 @@ from models.schemas import JobView, OfferView, as_json, job_views, utc_z
 from models.tracking import sync_tracking
 from workers.apns import apns_enabled
 from workers.events import emit, emit_each
+from workers.metrics import (
+    BOOKING_TO_ACCEPT,
+    BOOKING_TO_FIRST_OFFER,
+    JOB_EVENTS,
+    OFFERS_PER_ROUND,
+    OFFERS_SENT,
+)
 from workers.notifications import PUSH_DUE_S, has_push
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,8 @@ class OfferNotice:
     job_id: int
     offer_ids: list[int]
     events: list[tuple[str, dict[str, Any], str]]
+    booked_at: datetime
+    first_round: bool
 
 
 def _offer_notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
@@ -87,6 +97,8 @@ def _offer_notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
         job.id,
         [offer.id for offer in offers],
         [("job:new", as_json(OfferView.of(o, view)), driver_room(o.driver_id)) for o in offers],
+        job.created_at,
+        offered.data["round"] == 1,
     )
 
 
@@ -117,8 +129,9 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
         offered = None
         if job.offer_round == event.data.get("round", 1):
             offered = offer_round(session, r, job)
+            OFFERS_PER_ROUND.observe(offered.data["count"] if offered is not None else 0)
         push_within = _push_within(event)
-        mark_announced(session, event.id, push_within)
+        _mark_announced(session, event, job, push_within)
         notice = _offer_notice(session, job, offered) if offered is not None else None
         return notice, push_within is not None
 
@@ -129,9 +142,15 @@ def deliver_offers(notice: OfferNotice) -> bool:
     Returns whether pushes are owed."""
     emit_each(notice.events)
     push_within = PUSH_DUE_S if notice.offer_ids and apns_enabled() else None
+    now = utcnow()
     with session_scope() as session:
-        mark_notified(session, notice.offer_ids)
-        mark_announced(session, notice.event_id, push_within)
+        mark_notified(session, notice.offer_ids, now)
+        marked = mark_announced(session, notice.event_id, push_within)
+    if marked:
+        JOB_EVENTS.labels(EventType.offered.value).inc()
+        OFFERS_SENT.inc(len(notice.offer_ids))
+        if notice.first_round and notice.offer_ids:
+            BOOKING_TO_FIRST_OFFER.observe((now - notice.booked_at).total_seconds())
     log.info("job %s offered to %d drivers", notice.job_id, len(notice.offer_ids))
     return push_within is not None
 
@@ -162,8 +181,20 @@ def announce_change(event_id: int) -> bool:
         if event.type != EventType.declined:
             _announce_status(session, r, job, event)
         push_within = _push_within(event)
-        mark_announced(session, event.id, push_within)
+        _mark_announced(session, event, job, push_within)
     return push_within is not None
+
+
+def _mark_announced(session: Session, event: JobEvent, job: Job, push_within: float | None) -> None:
+    """Mark the event announced and, once that commits, count it (once: a re-driven
+    copy finds it marked)."""
+    if not mark_announced(session, event.id, push_within):
+        return
+    kind = event.type
+    waited = (event.at - job.created_at).total_seconds()
+    after_commit(session, lambda: JOB_EVENTS.labels(kind).inc())
+    if kind == EventType.accepted:
+        after_commit(session, lambda: BOOKING_TO_ACCEPT.observe(waited))
 
 
 def _removal(

@@ -7,16 +7,23 @@ its port), the gateway (`/metrics` on its port), and each kind of worker on
 Flower asks for) and answer nothing without it.
 
 gunicorn's workers and Celery's prefork children are separate processes: with
-`PROMETHEUS_MULTIPROC_DIR` set (one directory per process type, emptied when it starts;
-bin/run-stack sets them) prometheus-client keeps their values in files that the scrape adds
-up. Without it (one process: the gateway, tests of one function) the values live in memory.
+`PROMETHEUS_MULTIPROC_DIR` set (one directory per process type, emptied before the process
+type starts, as bin/run-stack does) prometheus-client keeps their values in files that the
+scrape adds up. Without it (one process: the gateway, tests of one function) the values live
+in memory.
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import logging
 import os
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     REGISTRY,
@@ -30,6 +37,12 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from settings import settings
+
+log = logging.getLogger(__name__)
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # prometheus-client writes each process's values there from the first definition below.
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 REQUESTS = Counter(
     "dispatch_http_requests",
@@ -121,3 +134,34 @@ def scrape_allowed(authorization: str | None) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(given, expected.encode())
+
+
+def _scrape_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    if environ.get("PATH_INFO") != "/metrics":
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+    if not scrape_allowed(environ.get("HTTP_AUTHORIZATION")):
+        start_response(
+            "401 Unauthorized",
+            [
+                ("Content-Type", "text/plain"),
+                ("WWW-Authenticate", 'Basic realm="dispatch metrics"'),
+            ],
+        )
+        return [b"operators only\n"]
+    body, content_type = exposition()
+    start_response("200 OK", [("Content-Type", content_type)])
+    return [body]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug(format, *args)
+
+
+def serve_scrapes(host: str, port: int) -> WSGIServer:
+    """Serve `/metrics` (operators' password) on a daemon thread: a worker's exporter."""
+    server = make_server(host, port, _scrape_app, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics for operators on http://%s:%d/metrics", host, port)
+    return server

@@ -16,16 +16,24 @@ from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
 from models.db import session_scope
 from models.lifecycle import expire_due_jobs
+from settings import settings
 from workers.apns import apns_enabled
 from workers.celery_app import app
 from workers.dispatch import announce_change, deliver_offers, offer_job
 from workers.enqueue import announce, enqueue_push
+from workers.metrics import SWEEP_REDRIVEN, serve_scrapes
 from workers.notifications import PUSH_MAX_RETRIES, push_event
 from workers.relay import overdue_announcements, overdue_pushes
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = (RedisError, OperationalError, DatabaseUnavailable, ConnectionError)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    if settings.metrics_port is not None:
+        serve_scrapes(settings.bind_host, settings.metrics_port)
 
 
 @worker_ready.connect
@@ -99,6 +107,8 @@ def relay_events(self: Task) -> int:
     pushes = overdue_pushes()
     for event_id in pushes:
         enqueue_push(event_id)
+    SWEEP_REDRIVEN.labels("announcement").inc(len(events))
+    SWEEP_REDRIVEN.labels("push").inc(len(pushes))
     if events or pushes:
         log.warning("re-driving %d announcements and %d pushes", len(events), len(pushes))
     return len(events) + len(pushes)
