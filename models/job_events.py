@@ -167,7 +167,7 @@ ANNOUNCEMENT_LOCK_CLASS = 0x6A6F62  # "job": advisory lock keys (class, job id)
 def hold_announcements(session: Session, job_id: int) -> None:
     """Serialize the announcements of one job until this transaction ends, so each reads
     the job after the previous one has spoken and the last `job:status` is the newest.
-    (SQLite, the embedded default, runs one writer at a time and needs no lock.)"""
+    (SQLite, the embedded default, runs one transaction at a time: see models.db.)"""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(ANNOUNCEMENT_LOCK_CLASS, job_id)))
 
