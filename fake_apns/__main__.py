@@ -31,14 +31,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=2197)
     parser.add_argument("--dir", type=Path, default=Path("var/fake-apns"))
     args = parser.parse_args()
+    stopping = threading.Event()
+    # Before the settings are printed: whoever read them may stop the server at once.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     credentials = make_credentials(args.dir.resolve(), reuse=True)
     server = FakeAPNs(credentials, port=args.port).start()
     print(f"Fake APNs on https://127.0.0.1:{server.port} (HTTP/2). Point Dispatch at it with:")
     for name, value in credentials.environment(server.port).items():
         print(f"export {name}={shlex.quote(value)}")
     print(flush=True)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         _print_pushes(server, stopping)
     except KeyboardInterrupt:
