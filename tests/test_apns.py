@@ -283,6 +283,8 @@ def test_the_call_is_bounded_even_with_more_pushes_than_slots(fake_apns: FakeAPN
     results = send_pushes([offer_push(n) for n in range(apns.MAX_IN_FLIGHT + 20)], timeout_s=1)
     assert time.monotonic() - started < 1.5
     assert {(r.outcome, r.reason) for r in results} == {(Outcome.retry, "timeout")}
+    assert fake_apns.wait_idle()
+    assert len(fake_apns.received()) == apns.MAX_IN_FLIGHT  # the others never left
 
 
 def test_a_forked_child_pushes_on_its_own_loop_and_connection(fake_apns: FakeAPNs) -> None:
