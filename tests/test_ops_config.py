@@ -8,7 +8,9 @@ must be one that workers/metrics.py defines (as prometheus-client exposes it: a 
 every label it matches or aggregates by must be one those series carry, and the values it
 matches for a few labels (the scrape job, the route, the job event, the push outcome) must be
 ones that exist. A renamed metric, label or route then fails here, not silently on a graph.
-`promtool check` runs too where Prometheus's promtool is on PATH.
+Where Prometheus's promtool is on PATH, `promtool check` reads the rules (their annotation
+templates too) and the scrape config, and promtool's rule unit tests play RULE_TESTS: each
+alert fires when it should, with its labels, and not otherwise.
 """
 
 from __future__ import annotations
@@ -294,16 +296,167 @@ def test_the_scrape_config_asks_every_process_with_the_operators_password() -> N
         assert set(job["basic_auth"]) == {"username", "password_file"}, name
 
 
-@pytest.mark.skipif(
+needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None,
-    reason="promtool is not on PATH (Debian package prometheus; not installed by make install "
-    "because installing it starts a Prometheus service); the rules are parsed above",
+    reason="promtool is not on PATH: it comes in the Debian package prometheus, whose install "
+    "starts a Prometheus server; take it without installing (apt-get download prometheus, "
+    "dpkg-deb -x prometheus_*.deb DIR, DIR/usr/bin on PATH). The expressions are parsed above",
 )
+
+
+def series(selector: str, values: str) -> dict[str, str]:
+    """An input series of a promtool rule test: one value per minute (`0+2x30`: 0, 2, … 60)."""
+    return {"series": selector, "values": values}
+
+
+def firing(at: str, alert: str, *alerts: dict[str, str]) -> dict[str, Any]:
+    """At `at`, exactly these `alert`s fire (their labels; none: it does not fire)."""
+    expected = [{"exp_labels": labels} for labels in alerts]
+    return {"eval_time": at, "alertname": alert, "exp_alerts": expected}
+
+
+API = 'job="dispatch-api", instance="api:8000"'
+WORKER = 'job="dispatch-worker", instance="worker:9101"'
+PUSHWORKER = 'job="dispatch-pushworker", instance="pushworker:9102"'
+BOOKINGS = (
+    f'dispatch_http_requests_total{{route="/api/v1/jobs", method="POST", status="201", {API}}}'
+)
+CREATED = f'dispatch_job_events_total{{event="created", {WORKER}}}'
+OFFERS = f"dispatch_offers_sent_total{{{WORKER}}}"
+PAGE = {"severity": "page"}
+# Each: series over 40 minutes, then which alerts fire when. A counter with no series at all
+# (a worker restarted and never counted) must alert like one that stays flat.
+RULE_TESTS = [
+    {  # jobs booked, the dispatch worker announces none: stalled, not "no offers"
+        "input_series": [series(BOOKINGS, "0+1x40")],
+        "alert_rule_test": [
+            firing("3m", "DispatchStalled"),
+            firing("20m", "DispatchStalled", PAGE),
+            firing("20m", "DispatchNoOffersSent"),
+        ],
+    },
+    {  # booked, announced, offered: all well
+        "input_series": [
+            series(BOOKINGS, "0+1x40"),
+            series(CREATED, "0+1x40"),
+            series(OFFERS, "0+3x40"),
+        ],
+        "alert_rule_test": [
+            firing("20m", "DispatchStalled"),
+            firing("20m", "DispatchNoOffersSent"),
+        ],
+    },
+    {  # announced but nobody offered (the counter flat at 0)
+        "input_series": [
+            series(BOOKINGS, "0+1x40"),
+            series(CREATED, "0+1x40"),
+            series(OFFERS, "0x40"),
+        ],
+        "alert_rule_test": [
+            firing("20m", "DispatchNoOffersSent", PAGE),
+            firing("20m", "DispatchStalled"),
+        ],
+    },
+    {  # a gateway loses its subscription at minute 2; the other keeps its own
+        "input_series": [
+            series(
+                'dispatch_gateway_redis_subscribed{job="dispatch-gateway", instance="g1"}',
+                "1 1 0 0 0 0 0",
+            ),
+            series(
+                'dispatch_gateway_redis_subscribed{job="dispatch-gateway", instance="g2"}',
+                "1 1 1 1 1 1 1",
+            ),
+        ],
+        "alert_rule_test": [
+            firing("2m", "DispatchGatewayNotSubscribed"),
+            firing(
+                "4m",
+                "DispatchGatewayNotSubscribed",
+                {**PAGE, "job": "dispatch-gateway", "instance": "g1"},
+            ),
+        ],
+    },
+    {  # half the pushes dropped for a dead token: page; a few failures of few pushes: not
+        "input_series": [
+            series(
+                f'dispatch_pushes_total{{outcome="delivered", reason="", {PUSHWORKER}}}', "0+5x40"
+            ),
+            series(
+                f'dispatch_pushes_total{{outcome="token_dead", reason="BadDeviceToken", '
+                f"{PUSHWORKER}}}",
+                "0+5x40",
+            ),
+            series(f'dispatch_pushes_total{{outcome="retry", reason="", {PUSHWORKER}}}', "0x40"),
+        ],
+        "alert_rule_test": [firing("25m", "DispatchPushFailureRatioHigh", PAGE)],
+    },
+    {
+        "input_series": [
+            series(
+                f'dispatch_pushes_total{{outcome="delivered", reason="", {PUSHWORKER}}}', "0x40"
+            ),
+            series(
+                f'dispatch_pushes_total{{outcome="dropped", reason="", {PUSHWORKER}}}', "0+1x40"
+            ),
+        ],
+        "alert_rule_test": [firing("25m", "DispatchPushFailureRatioHigh")],
+    },
+    {  # one re-drive: a ticket, no page; re-drives every minute: a page
+        "input_series": [
+            series(f'dispatch_sweep_redriven_total{{kind="push", {WORKER}}}', "0 0 1x40"),
+            series(f'dispatch_sweep_redriven_total{{kind="announcement", {WORKER}}}', "0+1x40"),
+        ],
+        "alert_rule_test": [
+            firing(
+                "5m",
+                "DispatchSweepRedrove",
+                {"severity": "ticket", "kind": "push"},
+                {"severity": "ticket", "kind": "announcement"},
+            ),
+            firing("25m", "DispatchSweepRedriving", {**PAGE, "kind": "announcement"}),
+        ],
+    },
+    {  # a target down for 2 minutes
+        "input_series": [series(f"up{{{API}}}", "1 1 0 0 0 0 0")],
+        "alert_rule_test": [
+            firing("3m", "DispatchTargetDown"),
+            firing(
+                "5m", "DispatchTargetDown", {**PAGE, "job": "dispatch-api", "instance": "api:8000"}
+            ),
+        ],
+    },
+]
+
+
+@needs_promtool
 @pytest.mark.parametrize("check", [["rules", ALERTS.name], ["config", SCRAPE_CONFIG.name]])
 def test_promtool_accepts_the_rules_and_the_scrape_config(check: list[str]) -> None:
     done = subprocess.run(
         ["promtool", "check", *check],
-        cwd=Path(ALERTS).parent,
+        cwd=ALERTS.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_promtool
+def test_the_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
+    """promtool's rule unit tests on RULE_TESTS, without the annotations (promtool would
+    compare their rendered text; the check above renders them)."""
+    rules = yaml.safe_load(ALERTS.read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations")
+    (tmp_path / ALERTS.name).write_text(yaml.safe_dump(rules))
+    tests = [{"interval": "1m", **test} for test in RULE_TESTS]
+    unit_tests = {"rule_files": [ALERTS.name], "evaluation_interval": "1m", "tests": tests}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(unit_tests))
+    done = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yml"],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
