@@ -33,7 +33,18 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck $(JS_STAMP)
+# promtool (Prometheus's checker, for tests/test_ops_config.py) taken out of Debian's package
+# without installing it: the package would start a Prometheus server.
+PROMTOOL := $(VENV)/bin/promtool
+
+$(PROMTOOL): | $(STAMP)
+	@mkdir -p $(VENV)/prometheus-deb
+	cd $(VENV)/prometheus-deb && { ls prometheus_*.deb >/dev/null 2>&1 || apt-get download prometheus \
+		|| { apt-get update -qq && apt-get download prometheus; }; } \
+		&& dpkg-deb -x prometheus_*.deb root && ln -sf "$$PWD/root/usr/bin/promtool" ../bin/promtool \
+		|| echo "promtool unavailable: tests/test_ops_config.py skips its promtool checks"
+
+test: lint typecheck $(JS_STAMP) $(PROMTOOL)
 	$(BIN)/pytest
 	TEST_DATABASE=sqlite $(BIN)/pytest -q  # the domain and API on make run's SQLite (tests/conftest.py)
 

@@ -42,6 +42,9 @@ from models.schemas import JobEventView, JobView, as_json
 from workers.enqueue import announce_after_commit
 
 bp = APIBlueprint("jobs", __name__, url_prefix="/jobs", abp_tags=[Tag(name="jobs")])
+# A job id is a PostgreSQL integer: a larger one names no job (404 from routing), and never
+# reaches a database that could not bind it (SQLite's driver overflows past 2^63).
+JOB_ID = "<int(max=2147483647):job_id>"
 
 CUSTOMER, DRIVER = ("customer",), ("driver",)
 STEP_ERRORS = ("forbidden", "not_found", "conflict")
@@ -87,7 +90,7 @@ def create(body: JobCreateBody, header: IdempotencyHeader) -> tuple[Response, in
 
 
 @bp.get(
-    "/<int:job_id>",
+    f"/{JOB_ID}",
     **operation(
         "One job: for its customer, its driver, or a driver it is offered to",
         answers={200: JobView},
@@ -107,7 +110,7 @@ def list_jobs(query: JobsQuery) -> Response:
 
 
 @bp.get(
-    "/<int:job_id>/events",
+    f"/{JOB_ID}/events",
     **operation(
         "Every change of the job, oldest first: for its customer and its driver",
         answers={200: JobEventsAnswer},
@@ -127,7 +130,7 @@ def events(path: JobPath) -> Response:
 
 
 @bp.post(
-    "/<int:job_id>/accept",
+    f"/{JOB_ID}/accept",
     **_driver_step_operation(
         "Take a job offered to you: exactly one driver wins; the winner's retry answers 200",
         errors=("forbidden", "not_found", "job_not_available", "conflict"),
@@ -137,18 +140,18 @@ def accept(path: JobPath) -> Response:
     return _take_step(path.job_id, accept_job)
 
 
-@bp.post("/<int:job_id>/arrive", **_driver_step_operation("You are at the pickup (from accepted)"))
+@bp.post(f"/{JOB_ID}/arrive", **_driver_step_operation("You are at the pickup (from accepted)"))
 def arrive(path: JobPath) -> Response:
     return _take_step(path.job_id, arrive_job)
 
 
-@bp.post("/<int:job_id>/start", **_driver_step_operation("The work has started (from arrived)"))
+@bp.post(f"/{JOB_ID}/start", **_driver_step_operation("The work has started (from arrived)"))
 def start(path: JobPath) -> Response:
     return _take_step(path.job_id, start_job)
 
 
 @bp.post(
-    "/<int:job_id>/complete",
+    f"/{JOB_ID}/complete",
     **_driver_step_operation("The job is done (from in_progress); you are free for the next one"),
 )
 def complete(path: JobPath) -> Response:
@@ -156,7 +159,7 @@ def complete(path: JobPath) -> Response:
 
 
 @bp.post(
-    "/<int:job_id>/release",
+    f"/{JOB_ID}/release",
     **_driver_step_operation(
         "Give the job back before starting it (from accepted or arrived): it is offered "
         "again to every eligible driver but you"
@@ -167,7 +170,7 @@ def release(path: JobPath) -> Response:
 
 
 @bp.post(
-    "/<int:job_id>/decline",
+    f"/{JOB_ID}/decline",
     **operation(
         "Decline a job offered to you (while pending): it leaves your feed for good",
         answers={204: None},
@@ -183,7 +186,7 @@ def decline(path: JobPath) -> tuple[str, int]:
 
 
 @bp.post(
-    "/<int:job_id>/cancel",
+    f"/{JOB_ID}/cancel",
     **operation(
         "Cancel your job while pending, accepted or arrived; the body is optional",
         answers={200: JobView},

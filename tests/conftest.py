@@ -84,18 +84,11 @@ SQLITE_TESTS = (
     "tests/test_smoke_api.py",
 )
 # Tests of SQLITE_TESTS that are not run on SQLite: node id -> why.
-_ABSENT_JOB_ID = "tests/test_bad_input.py::test_a_job_id_that_names_no_job_*"
-_ID_OVERFLOW = (
-    "open SQLite bug: an id past 2^63 - 1 cannot be bound (OverflowError, a 500) until the "
-    "API answers 404 for an id no row can have"
-)
 POSTGRES_ONLY = {
     "tests/test_accept_race.py::test_exactly_one_of_thirty_concurrent_accepts_wins_fifty_times": (
         "a race on PostgreSQL's row locks; SQLite runs one transaction at a time, which "
         "test_one_driver_racing_for_two_jobs_gets_at_most_one checks in a fraction of the time"
     ),
-    f"{_ABSENT_JOB_ID}[*-2^63]": _ID_OVERFLOW,
-    f"{_ABSENT_JOB_ID}[*-30 digits]": _ID_OVERFLOW,
 }
 SQLITE_MODULES = {entry.split("::")[0] for entry in SQLITE_TESTS}
 

@@ -296,8 +296,12 @@ def test_the_scrape_config_asks_every_process_with_the_operators_password() -> N
         assert set(job["basic_auth"]) == {"username", "password_file"}, name
 
 
+# On PATH, or where `make test` puts it (the Makefile's PROMTOOL).
+PROMTOOL = shutil.which("promtool") or shutil.which(
+    "promtool", path=str(PROJECT_ROOT / ".venv" / "bin")
+)
 needs_promtool = pytest.mark.skipif(
-    shutil.which("promtool") is None,
+    PROMTOOL is None,
     reason="promtool is not on PATH: it comes in the Debian package prometheus, whose install "
     "starts a Prometheus server; take it without installing (apt-get download prometheus, "
     "dpkg-deb -x prometheus_*.deb DIR, DIR/usr/bin on PATH). The expressions are parsed above",
@@ -433,7 +437,7 @@ RULE_TESTS = [
 @pytest.mark.parametrize("check", [["rules", ALERTS.name], ["config", SCRAPE_CONFIG.name]])
 def test_promtool_accepts_the_rules_and_the_scrape_config(check: list[str]) -> None:
     done = subprocess.run(
-        ["promtool", "check", *check],
+        [str(PROMTOOL), "check", *check],
         cwd=ALERTS.parent,
         capture_output=True,
         text=True,
@@ -455,7 +459,7 @@ def test_the_alerts_fire_when_they_should_and_only_then(tmp_path: Path) -> None:
     unit_tests = {"rule_files": [ALERTS.name], "evaluation_interval": "1m", "tests": tests}
     (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(unit_tests))
     done = subprocess.run(
-        ["promtool", "test", "rules", "alerts_test.yml"],
+        [str(PROMTOOL), "test", "rules", "alerts_test.yml"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -80,7 +80,8 @@ OFFERS_PER_ROUND = Histogram(
 OFFERS_SENT = Counter("dispatch_offers_sent", "Offers sent to drivers as job:new.")
 PUSHES = Counter(
     "dispatch_pushes",
-    "APNs pushes finished, by outcome (delivered, retry, dead_token, failed) and APNs reason.",
+    "APNs pushes answered, by outcome (delivered, retry, token_dead, dropped) and reason: "
+    "APNs's reason, else the HTTP status, else no_answer (timeout, no connection).",
     ["outcome", "reason"],
 )
 SOCKETS_CONNECTED = Gauge(

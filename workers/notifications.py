@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -23,6 +24,7 @@ from models.job_events import EventType, JobEvent
 from models.jobs import Job, JobStatus
 from models.offers import distance_by_driver, open_offer_driver_ids
 from workers.apns import Outcome, Push, PushResult, apns_enabled, send_pushes
+from workers.metrics import PUSHES
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +194,16 @@ def push_event(event_id: int) -> float | None:
     return None
 
 
+def _reason_label(result: PushResult) -> str:
+    """APNs's reason (one of Apple's few dozen words), else the HTTP status, else
+    `no_answer`; anything else is `other`, so a strange answer cannot grow the labels."""
+    reason = result.reason or (str(result.status) if result.status else "no_answer")
+    return reason if re.fullmatch(r"[A-Za-z0-9_]{1,40}", reason) else "other"
+
+
 def record_outcomes(kind: PushKind, event_id: int, results: list[PushResult]) -> None:
+    for result in results:
+        PUSHES.labels(result.outcome.value, _reason_label(result)).inc()
     with session_scope() as session:
         record_delivered(session, [r.push.token for r in results if r.outcome is Outcome.delivered])
         for result in results:
