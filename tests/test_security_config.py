@@ -4,8 +4,8 @@ A worker, beat, gunicorn and Flower run with a unique SECRET_KEY, a password ins
 DATABASE_URL (local PostgreSQL trusts, so it still connects), a Redis of this test's own that
 demands a password, and a unique Flower password; `celery inspect conf`, Flower's API and
 pages, error answers and every log must show none of them. Web, worker, beat, gateway, Flower
-and the `dispatch` CLI refuse to start without a real SECRET_KEY outside development;
-`bin/run-stack` keeps one development secret in var/. Flower needs its password on every
+and the `dispatch` CLI refuse to start without a real SECRET_KEY outside development
+(`bin/run-stack`'s development secret: tests/test_run_stack.py). Flower needs its password on every
 path, /metrics and /healthcheck included; API answers carry `nosniff`, and token answers
 `no-store`.
 """
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import stat
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -244,50 +242,6 @@ def test_settings_accept_a_real_secret_or_development() -> None:
     assert Settings(DISPATCH_ENV="production", SECRET_KEY=real).secret_key == real
     assert Settings(DISPATCH_ENV="development", SECRET_KEY="").secret_key == DEV_SECRET_KEY
     assert real not in repr(Settings(DISPATCH_ENV="production", SECRET_KEY=real))
-
-
-def _sandbox(tmp_path: Path) -> Path:
-    """A copy of bin/run-stack beside the real virtualenv and a Procfile whose one process
-    writes down the SECRET_KEY and DISPATCH_ENV it was started with, then ends (so honcho
-    ends): the real script, run without starting the stack."""
-    root = tmp_path / "stack"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy2(PROJECT_ROOT / "bin" / "run-stack", root / "bin" / "run-stack")
-    (root / ".venv").symlink_to(PROJECT_ROOT / ".venv")
-    (root / "Procfile").write_text(
-        """probe: sh -c 'printf "%s\\n%s\\n" "$SECRET_KEY" "$DISPATCH_ENV" > seen'\n"""
-    )
-    return root
-
-
-def _run_stack(root: Path, env: dict[str, str]) -> tuple[str, str]:
-    done = subprocess.run(
-        [str(root / "bin" / "run-stack")],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    secret_key, environment = (root / "seen").read_text().splitlines()
-    (root / "seen").unlink()
-    return secret_key, environment
-
-
-def test_run_stack_keeps_one_development_secret_in_var(tmp_path: Path) -> None:
-    root = _sandbox(tmp_path)
-    env = _without("SECRET_KEY", "DISPATCH_ENV", "FLOWER_BASIC_AUTH")
-    first, environment = _run_stack(root, env)
-    assert environment == "development"
-    assert len(first) >= 32 and first != DEV_SECRET_KEY
-    kept = root / "var" / "secret_key"
-    assert kept.read_text().strip() == first
-    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
-    assert _run_stack(root, env) == (first, "development")
-    chosen = _secret("chosen")
-    assert _run_stack(root, {**env, "SECRET_KEY": chosen})[0] == chosen
-    assert kept.read_text().strip() == first
 
 
 @pytest.fixture
