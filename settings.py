@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         default=0.5, gt=0, validation_alias="BROKER_PUBLISH_TIMEOUT_S"
     )
 
+    # How every process writes its log: readable lines, or one JSON object a line with the
+    # ids (request, task, job) that let one grep follow a job (workers.logs).
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias="LOG_FORMAT")
+
     # Where the web, gateway and Flower processes listen: loopback unless a deployment
     # (behind its load balancer) says otherwise.
     bind_host: str = Field(default="127.0.0.1", validation_alias="BIND_HOST")
