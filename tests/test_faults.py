@@ -163,6 +163,14 @@ def start_stack(
 
 
 @pytest.fixture
+def pushing_stack(
+    tmp_path: Path, env: dict[str, str], apns_env: dict[str, str], processes: list[Process]
+) -> Stack:
+    """The whole stack on the test's own stores, its workers pushing to the fake APNs."""
+    return start_stack(tmp_path, env, processes, worker_env={**env, **apns_env})
+
+
+@pytest.fixture
 def apps() -> Iterator[list[DriverApp]]:
     opened: list[DriverApp] = []
     yield opened
@@ -446,18 +454,15 @@ def connect_refusal(port: int, token: str) -> tuple[list[Any], float, bool]:
 
 
 def test_redis_restarted_under_load_loses_no_job_and_sockets_reload(
-    tmp_path: Path,
-    env: dict[str, str],
+    pushing_stack: Stack,
+    processes: list[Process],
     own_redis: PrivateRedis,
     own_database: str,
-    apns_env: dict[str, str],
     fake_apns: FakeAPNs,
-    processes: list[Process],
     apps: list[DriverApp],
 ) -> None:
-    stack = start_stack(tmp_path, env, processes, worker_env={**env, **apns_env})
-    web, api_url = stack.web, stack.api_url
-    gateway, gateway_port = stack.gateways["gateway"]
+    web, api_url = pushing_stack.web, pushing_stack.api_url
+    gateway, gateway_port = pushing_stack.gateways["gateway"]
     http = HttpClient(api_url)
     factory = Factory(http)
     customer = factory.customer()
@@ -618,25 +623,18 @@ def test_postgres_refusing_connections_is_a_prompt_503_and_recovers_without_rest
 
 
 def test_apns_down_for_a_while_delays_no_job_new_and_pushes_arrive_after(
-    tmp_path: Path,
-    env: dict[str, str],
-    own_redis: PrivateRedis,
-    own_database: str,
-    apns_env: dict[str, str],
-    fake_apns: FakeAPNs,
-    processes: list[Process],
-    apps: list[DriverApp],
+    pushing_stack: Stack, env: dict[str, str], fake_apns: FakeAPNs, apps: list[DriverApp]
 ) -> None:
-    stack = start_stack(tmp_path, env, processes, worker_env={**env, **apns_env})
-    api_url = stack.api_url
-    gateway_port = stack.gateways["gateway"][1]
+    api_url = pushing_stack.api_url
+    gateway_port = pushing_stack.gateways["gateway"][1]
+    database = env["DATABASE_URL"]
     http = HttpClient(api_url)
     factory = Factory(http)
     customer = factory.customer()
     drivers = [factory.driver() for _ in range(2)]
     phones = {driver.id: factory.device(driver) for driver in drivers}
     apps.extend(DriverApp(api_url, [gateway_port], driver) for driver in drivers)
-    wait_until(lambda: gateway_subscribed(own_redis.url), 10, "the gateway to subscribe")
+    wait_until(lambda: gateway_subscribed(env["REDIS_URL"]), 10, "the gateway to subscribe")
 
     try:
         fake_apns.down()
@@ -647,7 +645,7 @@ def test_apns_down_for_a_while_delays_no_job_new_and_pushes_arrive_after(
 
         def failed_twice() -> bool:
             rows = sql(
-                own_database,
+                database,
                 "SELECT count(*) FROM job_events WHERE type = 'offered' AND push_attempts >= 2",
             )
             return rows == [(len(job_ids),)]
@@ -674,8 +672,7 @@ def test_apns_down_for_a_while_delays_no_job_new_and_pushes_arrive_after(
         assert push.headers["apns-collapse-id"] == f"job-{push.payload['job_id']}"
     wait_until(
         lambda: (
-            sql(own_database, "SELECT count(*) FROM job_events WHERE push_due_at IS NOT NULL")
-            == [(0,)]
+            sql(database, "SELECT count(*) FROM job_events WHERE push_due_at IS NOT NULL") == [(0,)]
         ),
         10,
         "no push owed",
