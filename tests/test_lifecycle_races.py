@@ -300,39 +300,61 @@ def test_every_copy_of_the_winners_accept_answers_200_and_is_recorded_once(
         free(http, customer, winner, job_id)
 
 
-# --- 3: cancel racing start --------------------------------------------------------------
+# step -> (the job's status after it, the event it records)
+STEPS = {
+    "arrive": ("arrived", "arrived"),
+    "start": ("in_progress", "started"),
+    "complete": ("completed", "completed"),
+    "release": ("pending", "released"),
+    "cancel": ("cancelled", "cancelled"),
+}
 
 
-def test_a_cancel_racing_a_start_leaves_exactly_one_applied(
-    base_url: str, http: HttpClient, factory: Factory
+# --- 3: cancel or release racing start ----------------------------------------------------
+
+
+@pytest.mark.parametrize("rival", ["cancel", "release"])
+def test_a_cancel_or_release_racing_a_start_leaves_exactly_one_applied(
+    base_url: str, http: HttpClient, factory: Factory, rival: str
 ) -> None:
+    """From arrived, the customer's cancel or the driver's release against the driver's
+    start: one of the two applies, the other is refused."""
     customer = factory.customer()
     [driver] = online_drivers(base_url, 1)
+    actor = customer if rival == "cancel" else driver
+    rival_status, rival_event = STEPS[rival]
     for _ in range(ROUNDS):
         job_id = job_in(factory, customer, driver, "arrived")
 
-        calls = [Call(customer, "cancel", job_id) for _ in range(CROWD // 2)]
+        calls = [Call(actor, rival, job_id) for _ in range(CROWD // 2)]
         calls += [Call(driver, "start", job_id) for _ in range(CROWD // 2)]
         outcomes = fire(base_url, calls)
 
         state = settled(job_id)
-        if state.status == "cancelled":
-            job = same_job(of(outcomes, "cancel"), "cancelled")
-            assert job["cancelled_by"] == "customer" and job["started_at"] is None
-            assert answers(of(outcomes, "start")) == {CONFLICT}
-            assert (state.events["cancelled"], state.events["started"]) == (1, 0)
+        if state.status == rival_status:
+            job = same_job(of(outcomes, rival), rival_status)
+            assert job["started_at"] is None
+            assert (state.events[rival_event], state.events["started"]) == (1, 0)
             assert state.holding == [] and current_job(driver) is None
+            if rival == "cancel":
+                assert job["cancelled_by"] == "customer"
+                assert answers(of(outcomes, "start")) == {CONFLICT}
+            else:
+                assert job["driver"] is None and state.driver_id is None
+                assert answers(of(outcomes, "start")) <= NOT_THEIRS_NOW
+                assert offer_closed(job_id, driver) == "released"
         else:
             assert state.status == "in_progress", state
             job = same_job(of(outcomes, "start"), "in_progress")
             assert job["cancelled_at"] is None
-            assert answers(of(outcomes, "cancel")) == {CONFLICT}
-            assert (state.events["started"], state.events["cancelled"]) == (1, 0)
+            assert answers(of(outcomes, rival)) == {CONFLICT}
+            assert (state.events["started"], state.events[rival_event]) == (1, 0)
             assert state.holding == [driver.id]
+            assert offer_closed(job_id, driver) is None
         free(http, customer, driver, job_id)
 
 
-# --- 4: release racing complete, release racing start --------------------------------------
+# --- 4: release racing complete ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", ["in_progress", "arrived"])
@@ -365,46 +387,7 @@ def test_a_release_racing_a_complete_applies_only_the_step_the_status_allows(
             assert offer_closed(job_id, driver) == "released"
 
 
-def test_a_release_racing_a_start_leaves_exactly_one_applied(
-    base_url: str, http: HttpClient, factory: Factory
-) -> None:
-    customer = factory.customer()
-    [driver] = online_drivers(base_url, 1)
-    for _ in range(ROUNDS):
-        job_id = job_in(factory, customer, driver, "arrived")
-
-        calls = [Call(driver, "release", job_id) for _ in range(CROWD // 2)]
-        calls += [Call(driver, "start", job_id) for _ in range(CROWD // 2)]
-        outcomes = fire(base_url, calls)
-
-        state = settled(job_id)
-        if state.status == "pending":
-            same_job(of(outcomes, "release"), "pending")
-            assert answers(of(outcomes, "start")) <= NOT_THEIRS_NOW
-            assert (state.events["released"], state.events["started"]) == (1, 0)
-            assert state.driver_id is None and state.holding == []
-            assert current_job(driver) is None
-            assert offer_closed(job_id, driver) == "released"
-        else:
-            assert state.status == "in_progress", state
-            same_job(of(outcomes, "start"), "in_progress")
-            assert answers(of(outcomes, "release")) == {CONFLICT}
-            assert (state.events["started"], state.events["released"]) == (1, 0)
-            assert state.holding == [driver.id]
-            assert offer_closed(job_id, driver) is None
-        free(http, customer, driver, job_id)
-
-
 # --- 5: the same step by its actor, many times at once --------------------------------------
-
-# step -> (the job's status after it, the event it records)
-STEPS = {
-    "arrive": ("arrived", "arrived"),
-    "start": ("in_progress", "started"),
-    "complete": ("completed", "completed"),
-    "release": ("pending", "released"),
-    "cancel": ("cancelled", "cancelled"),
-}
 
 
 def repeat_step(base_url: str, actor: Account, driver: Account, job_id: int, name: str) -> None:
