@@ -28,7 +28,7 @@ from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_workers, wait_until
 from workers.celery_app import app as celery_app
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("workers")]
 
 # Long enough for a duplicate announcement to show: a task takes a few milliseconds.
 QUIET_S = 0.7
@@ -202,12 +202,19 @@ def history(client: FlaskClient, account: Account, job_id: int) -> list[dict[str
     return answered(client, account, f"/jobs/{job_id}/events")["events"]
 
 
+def offered_to_one(tap: EventTap, factory: Factory) -> tuple[Account, Account, str, int]:
+    """A customer with a phone, and a job of theirs offered to the one driver there is: the
+    customer, the driver, the customer's phone and the job's id."""
+    customer = factory.customer()
+    driver = factory.driver()
+    customer_phone = factory.device(customer)
+    job_id = factory.job(customer)["id"]
+    wait_told(tap, "job:new", job_id, {driver_room(driver): 1})
+    return customer, driver, customer_phone, job_id
+
+
 def test_each_step_is_told_once_to_the_customer_and_the_driver(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
     customer = factory.customer()
     driver = factory.driver(name="Rui")
@@ -262,7 +269,6 @@ def test_each_step_is_told_once_to_the_customer_and_the_driver(
 
 @pytest.mark.parametrize("steps", [("accept",), ("accept", "arrive")], ids=["accepted", "arrived"])
 def test_cancelling_a_taken_job_tells_its_driver(
-    workers: list[Process],
     tap: EventTap,
     client: FlaskClient,
     factory: Factory,
@@ -307,11 +313,7 @@ def test_cancelling_a_taken_job_tells_its_driver(
 
 
 def test_cancelling_a_pending_job_pushes_nobody(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
     customer = factory.customer()
     driver = factory.driver()
@@ -336,11 +338,7 @@ def test_cancelling_a_pending_job_pushes_nobody(
 
 
 def test_a_decline_is_told_to_the_decliner_only(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
     customer = factory.customer()
     decliner, other = factory.driver(), factory.driver()
@@ -382,11 +380,7 @@ def _release(
 
 
 def test_a_release_offers_a_new_round_to_all_but_the_releaser(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
     customer = factory.customer()
     first, second, third, decliner = (
@@ -486,17 +480,9 @@ def test_a_release_offers_a_new_round_to_all_but_the_releaser(
 
 
 def test_a_release_pushes_the_customer(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
-    customer = factory.customer()
-    driver = factory.driver()
-    customer_phone = factory.device(customer)
-    job_id = factory.job(customer)["id"]
-    wait_told(tap, "job:new", job_id, {driver_room(driver): 1})
+    customer, driver, customer_phone, job_id = offered_to_one(tap, factory)
     step(client, driver, job_id, "accept")
     wait_pushes(fake_apns, customer_phone, 1)
 
@@ -513,11 +499,7 @@ def test_a_release_pushes_the_customer(
 
 
 def test_retried_steps_announce_nothing_twice(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
     customer = factory.customer()
     driver, decliner = factory.driver(), factory.driver()
@@ -579,17 +561,9 @@ def test_retried_steps_announce_nothing_twice(
 
 
 def test_an_expired_job_tells_the_customer_once(
-    workers: list[Process],
-    tap: EventTap,
-    client: FlaskClient,
-    factory: Factory,
-    fake_apns: FakeAPNs,
+    tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
-    customer = factory.customer()
-    driver = factory.driver()
-    customer_phone = factory.device(customer)
-    job_id = factory.job(customer)["id"]
-    wait_told(tap, "job:new", job_id, {driver_room(driver): 1})
+    customer, driver, customer_phone, job_id = offered_to_one(tap, factory)
     with session_scope() as session:
         session.execute(
             update(Job).where(Job.id == job_id).values(expires_at=utcnow() - timedelta(seconds=1))
