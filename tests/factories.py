@@ -12,7 +12,6 @@ from flask.testing import FlaskClient
 from models.db import redis_connection, session_scope
 from models.jobs import Job
 from models.offers import offer_round
-from tests.contract import JOB_FIELDS as JOB_FIELDS  # tests/test_openapi.py imports it from here
 from tests.contract import bearer
 
 _serial = itertools.count(1)
