@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask, Response
@@ -13,6 +12,7 @@ from api.errors import register_error_handlers
 from api.monitoring import register_monitoring
 from api.openapi import dispatch_api, explorer_files
 from settings import settings
+from workers.logs import configure_logging
 
 API_PREFIX = "/api/v1"
 
@@ -39,5 +39,5 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     register_monitoring(app)
     app.after_request(secure_headers)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     return app

@@ -1,15 +1,15 @@
 """`python -m realtime`: serve the gateway on REALTIME_PORT under uvicorn."""
 
 import gc
-import logging
 
 import uvicorn
 
 from settings import settings
+from workers.logs import configure_logging
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     # With 10,000 sockets the heap holds ~1.5 M long-lived objects; a full collection took
     # over a second every few seconds and stalled fan-outs. Freeze what start-up made and
     # collect the oldest generation less often.
@@ -24,6 +24,7 @@ def main() -> None:
         # small JSON, so compression saves little and costs most of the gateway's memory.
         ws_per_message_deflate=False,
         ws_ping_interval=None,  # Engine.IO pings every client already
+        log_config=None,  # uvicorn's lines go through the root logger, in LOG_FORMAT
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=5,

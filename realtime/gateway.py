@@ -45,6 +45,7 @@ from models.errors import Unauthorized, error_body
 from models.rooms import customer_room, driver_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
 from settings import settings
+from workers.logs import bound
 from workers.metrics import (
     GATEWAY_SUBSCRIBED,
     LOCATION_REPORTS,
@@ -425,7 +426,8 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
     room = driver_room(user_id) if role == "driver" else customer_room(user_id)
     await sio.enter_room(sid, room)
     SOCKETS_CONNECTED.inc()
-    log.info("%s %s connected (%s)", role, user_id, sid)
+    with bound(user_id=user_id):
+        log.info("%s %s connected (%s)", role, user_id, sid)
 
 
 @sio.event
@@ -433,9 +435,10 @@ async def disconnect(sid: str, reason: Any = None) -> None:
     session = await sio.get_session(sid)
     if "user_id" in session:
         SOCKETS_CONNECTED.dec()
-    log.info(
-        "%s %s disconnected (%s): %s", session.get("role"), session.get("user_id"), sid, reason
-    )
+    with bound(user_id=session.get("user_id")):
+        log.info(
+            "%s %s disconnected (%s): %s", session.get("role"), session.get("user_id"), sid, reason
+        )
 
 
 @sio.on("driver:location")
@@ -449,21 +452,28 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
         where = Coordinates.model_validate(data)
     except ValidationError as exc:
         return _rejection("validation_error", "The location is not valid.", field_reasons(exc))
-    try:
-        update = await asyncio.to_thread(
-            report_location, redis_connection(), session["user_id"], where.lat, where.lng
-        )
-        LOCATION_REPORTS.labels("socket").inc()
-        if update is not None:
-            await sio.emit(
-                "job:driver_location", update.payload, room=customer_room(update.customer_id)
+    with bound(user_id=session["user_id"]):
+        try:
+            update = await asyncio.to_thread(
+                report_location, redis_connection(), session["user_id"], where.lat, where.lng
             )
-    except redis.RedisError:
-        log.warning("location of driver %s not stored: Redis unavailable", session["user_id"])
-        return _rejection(
-            "service_unavailable", "Your position could not be stored; send it again."
-        )
+            LOCATION_REPORTS.labels("socket").inc()
+            if update is not None:
+                await _relay_location(update.payload, update.customer_id)
+        except redis.RedisError:
+            log.warning("location of driver %s not stored: Redis unavailable", session["user_id"])
+            return _rejection(
+                "service_unavailable", "Your position could not be stored; send it again."
+            )
     return {"ok": True}
+
+
+async def _relay_location(payload: dict[str, Any], customer_id: int) -> None:
+    """`job:driver_location` to the job's customer: a line at DEBUG only (one a second for
+    every driver on a job)."""
+    with bound(job_id=payload.get("job_id")):
+        log.debug("job:driver_location to customer %s", customer_id)
+        await sio.emit("job:driver_location", payload, room=customer_room(customer_id))
 
 
 app = socketio.ASGIApp(sio, other_asgi_app=metrics_app, on_startup=sio.subscribe_now)

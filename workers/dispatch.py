@@ -32,6 +32,7 @@ from models.schemas import JobView, OfferView, as_json, job_views, utc_z
 from models.tracking import sync_tracking
 from workers.apns import apns_enabled
 from workers.events import emit, emit_each
+from workers.logs import bind_job
 from workers.metrics import (
     BOOKING_TO_ACCEPT,
     BOOKING_TO_FIRST_OFFER,
@@ -49,7 +50,19 @@ def _unannounced(session: Session, event_id: int) -> JobEvent | None:
     if event is None:
         log.warning("job event %s does not exist", event_id)
         return None
+    bind_job(event.job_id, event.id)
     return None if event.announced_at is not None else event
+
+
+def _emit(event: str, payload: dict[str, Any], rooms: list[str]) -> None:
+    """Publish one socket event, and say so once (not once per socket)."""
+    emit(event, payload, rooms)
+    _emitted(event, len(rooms))
+
+
+def _emitted(event: str, rooms: int) -> None:
+    if rooms:
+        log.info("%s emitted to %d rooms", event, rooms, extra={"event": event, "rooms": rooms})
 
 
 def _push_within(event: JobEvent) -> float | None:
@@ -71,7 +84,7 @@ def _announce_status(session: Session, r: redis.Redis, job: Job, event: JobEvent
     drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
     sync_tracking(r, job, version, drivers)  # first: no update may follow a final status
     [view] = job_views(r, [job])
-    emit("job:status", as_json(view), _status_rooms(job, event))
+    _emit("job:status", as_json(view), _status_rooms(job, event))
 
 
 @dataclass(frozen=True)
@@ -118,9 +131,12 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
             .where(JobEvent.id == event_id)
             .with_for_update(read=True, of=Job)
         ).first()
-        if found is None or found.JobEvent.announced_at is not None:
+        if found is None:
             return None, False
         event, job = found.JobEvent, found.Job
+        bind_job(job.id, event.id)
+        if event.announced_at is not None:
+            return None, False
         if event.type == EventType.offered:
             return _offer_notice(session, job, event), False
         hold_announcements(session, event.job_id)
@@ -141,6 +157,7 @@ def deliver_offers(notice: OfferNotice) -> bool:
     moment one arrives finds the offer), then mark the offers and the `offered` event.
     Returns whether pushes are owed."""
     emit_each(notice.events)
+    _emitted("job:new", len(notice.events))
     push_within = PUSH_DUE_S if notice.offer_ids and apns_enabled() else None
     now = utcnow()
     with session_scope() as session:
@@ -173,11 +190,11 @@ def announce_change(event_id: int) -> bool:
             )
             drivers.add(event.data["driver_id"])
             accepted = {"job_id": job.id, "accepted_at": utc_z(event.at)}
-            emit("job:accepted", accepted, [driver_room(d) for d in sorted(drivers)])
+            _emit("job:accepted", accepted, [driver_room(d) for d in sorted(drivers)])
         removed = _removal(session, job, event)
         if removed is not None:
             payload, rooms = removed
-            emit("job:removed", payload, rooms)
+            _emit("job:removed", payload, rooms)
         if event.type != EventType.declined:
             _announce_status(session, r, job, event)
         push_within = _push_within(event)

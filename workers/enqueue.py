@@ -20,6 +20,7 @@ from models.jobs import Job
 from models.lifecycle import Step
 from models.tracking import sync_tracking
 from workers.celery_app import app
+from workers.logs import bind_job, task_headers
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +52,11 @@ TRACKED_STEPS = (
 
 
 def enqueue(task: str, event_id: int) -> bool:
-    """Publish `workers.tasks.<task>(event_id)` once. Not commit-safe: callers with an open
+    """Publish `workers.tasks.<task>(event_id)` once, carrying this request's id to it (the
+    API's, or the one the running task got). Not commit-safe: callers with an open
     transaction use `announce_after_commit`. Returns whether the broker took it."""
     try:
-        app.send_task(f"{TASKS}.{task}", args=(event_id,), retry=False)
+        app.send_task(f"{TASKS}.{task}", args=(event_id,), retry=False, headers=task_headers())
     except (KombuError, RedisError, OSError) as exc:
         log.error("could not enqueue %s for event %s (the sweep will): %s", task, event_id, exc)
         return False
@@ -90,6 +92,7 @@ def announce_after_commit(session: Session, done: Step) -> None:
     if not done.events:
         return
     job, last = done.job, done.events[-1]
+    bind_job(job.id)  # the request's log line names the job (a new one has no id in its path)
     pairs = [(event.id, event.type) for event in done.events]
 
     def committed() -> None:

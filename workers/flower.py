@@ -19,6 +19,7 @@ from flower.views.monitor import Healthcheck, Metrics
 from tornado import web
 
 from settings import settings
+from workers.logs import configure_logging
 
 
 class AuthenticatedMetrics(Metrics):
@@ -67,6 +68,7 @@ def main() -> None:
             "controls every worker, so it does not start without a password."
         )
     require_auth_on_every_path()
+    configure_logging()  # before Tornado's options would install its own handler
     sys.argv = flower_argv(sys.argv[1:])
     celery_main()
 

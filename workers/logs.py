@@ -187,3 +187,4 @@ def configure_logging(level: int | str = logging.INFO) -> None:
         return
     root.addHandler(log_handler())
     root.setLevel(level)
+    logging.captureWarnings(True)  # a warning is a log line too (logger `py.warnings`)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -24,6 +25,7 @@ from models.job_events import EventType, JobEvent
 from models.jobs import Job, JobStatus
 from models.offers import distance_by_driver, open_offer_driver_ids
 from workers.apns import Outcome, Push, PushResult, apns_enabled, send_pushes
+from workers.logs import bind_job
 from workers.metrics import PUSHES
 
 log = logging.getLogger(__name__)
@@ -155,6 +157,7 @@ def push_event(event_id: int) -> float | None:
         event = session.get(JobEvent, event_id)
         if event is None or event.push_due_at is None:
             return None
+        bind_job(event.job_id, event.id)
         job = session.get(Job, event.job_id)
         kind = _kind(event)
         pushes: list[Push] = []
@@ -204,6 +207,13 @@ def _reason_label(result: PushResult) -> str:
 def record_outcomes(kind: PushKind, event_id: int, results: list[PushResult]) -> None:
     for result in results:
         PUSHES.labels(result.outcome.value, _reason_label(result)).inc()
+    outcomes = dict(Counter(result.outcome.value for result in results))
+    log.info(
+        "%s pushes sent: %s",
+        kind,
+        ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())),
+        extra={"push": kind.value, "outcomes": outcomes},
+    )
     with session_scope() as session:
         record_delivered(session, [r.push.token for r in results if r.outcome is Outcome.delivered])
         for result in results:
