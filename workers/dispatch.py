@@ -156,6 +156,7 @@ def deliver_offers(notice: OfferNotice) -> bool:
     """Send the `job:new` events (their offers are committed: a driver who accepts the
     moment one arrives finds the offer), then mark the offers and the `offered` event.
     Returns whether pushes are owed."""
+    bind_job(notice.job_id, notice.event_id)
     emit_each(notice.events)
     _emitted("job:new", len(notice.events))
     push_within = PUSH_DUE_S if notice.offer_ids and apns_enabled() else None
