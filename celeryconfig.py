@@ -19,7 +19,7 @@ broker_transport_options = {
     "global_keyprefix": f"{_settings.redis_prefix}:celery:",
     "socket_connect_timeout": _settings.broker_publish_timeout_s,
     # A publisher whose broker is down fails within about a second instead of retrying
-    # for many: the web request must not hang (beat's sweep re-drives what was not published).
+    # for many: the web request must not hang (the relay's sweep re-drives what was not published).
     "max_retries": 1,
     "interval_start": 0,
     "interval_step": 0.2,
@@ -56,11 +56,4 @@ task_routes = {
     "workers.tasks.*": {"queue": "dispatch"},
 }
 
-beat_schedule = {
-    "relay-overdue-events": {
-        "task": "workers.tasks.relay_events",
-        "schedule": max(1.0, _settings.relay_after_s / 2),
-    },
-    "expire-due-jobs": {"task": "workers.tasks.expire_jobs", "schedule": 5.0},
-}
 timezone = "UTC"

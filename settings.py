@@ -145,7 +145,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _secret_key_is_real_outside_development(self) -> Self:
-        """Every process (web, gateway, worker, beat, Flower, the CLI) builds this object at
+        """Every process (web, gateway, worker, relay, Flower, the CLI) builds this object at
         start, so none of them runs on a forgeable secret."""
         if self.environment != "development" and (
             self.secret_key == DEV_SECRET_KEY or len(self.secret_key) < MIN_SECRET_KEY_LENGTH

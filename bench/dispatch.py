@@ -88,7 +88,7 @@ def _enqueue_floor(samples: int = 50) -> float:
         time.sleep(1.0)
         for _ in range(samples):
             sent_at = time.time()
-            result = celery_app.send_task("workers.tasks.expire_jobs")
+            result = celery_app.send_task("workers.tasks.notify_status", args=(0,))  # no event 0
             sent[result.id] = sent_at
             time.sleep(0.05)
         done.wait(30)

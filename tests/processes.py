@@ -1,4 +1,4 @@
-"""Real processes for integration tests: the web API under gunicorn, Celery worker and beat,
+"""Real processes for integration tests: the web API under gunicorn, Celery workers and the relay,
 and private Redis servers that a test may stop and start. Each is started with this run's
 environment (set by conftest) plus overrides, waited for, and stopped at the end."""
 
@@ -119,6 +119,8 @@ def start_web(log_dir: Path, env: dict[str, str] | None = None) -> tuple[Process
             "--threads",
             "8",
             "--no-control-socket",  # gunicorn 27 shares one control socket path per user
+            "--logger-class",
+            "api.monitoring.GunicornLogger",  # as the Procfile: the app logs each request
             "api:create_app()",
         ],
         log_dir,
@@ -175,23 +177,10 @@ def start_workers(
     ]
 
 
-def start_beat(log_dir: Path, env: dict[str, str] | None = None) -> Process:
-    process = Process(
-        "beat",
-        [
-            str(BIN / "celery"),
-            "-A",
-            "workers.celery_app",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(log_dir / "celerybeat-schedule"),
-        ],
-        log_dir,
-        env or {},
-    )
-    process.wait_for_log("beat: Starting")
+def start_relay(log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    """The outbox sweep's process (the Procfile's `relay`)."""
+    process = Process("relay", [str(BIN / "python"), "-m", "workers.relay"], log_dir, env or {})
+    process.wait_for_log("relay: sweeping the outbox")
     return process
 
 

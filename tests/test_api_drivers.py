@@ -147,7 +147,7 @@ def test_the_feed_is_newest_first_and_only_pending_jobs(
         client.post(f"{API}/jobs/{cancelled}/cancel", headers=customer.headers).status_code == 200
     )
     assert client.post(f"{API}/jobs/{taken}/accept", headers=rival.headers).status_code == 200
-    with session_scope() as session:  # past its expiry, not yet marked by the beat task
+    with session_scope() as session:  # past its expiry, not yet marked by the relay
         session.execute(
             update(Job).where(Job.id == expired).values(expires_at=utcnow() - timedelta(seconds=1))
         )

@@ -1,5 +1,5 @@
-"""With Redis (the broker) down, jobs are still created, and beat's sweep of the job_events
-outbox dispatches them once it is back. Real gunicorn, Celery worker and beat, and a Redis
+"""With Redis (the broker) down, jobs are still created, and the relay's sweep of the job_events
+outbox dispatches them once it is back. Real gunicorn, Celery workers and the relay, and a Redis
 server of this test's own."""
 
 from collections.abc import Iterator
@@ -12,7 +12,7 @@ from models.db import session_scope
 from models.job_events import EventType, JobEvent
 from models.offers import Offer
 from tests.factories import Factory, HttpClient
-from tests.processes import PrivateRedis, start_beat, start_web, start_workers, wait_until
+from tests.processes import PrivateRedis, start_relay, start_web, start_workers, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def test_job_created_while_redis_is_down_is_dispatched_when_it_is_back(
     env = {"REDIS_URL": private_redis.url, "RELAY_AFTER_S": "1"}
     web, port = start_web(tmp_path, env)
     worker, push_worker = start_workers(tmp_path, env)
-    beat = start_beat(tmp_path, env)
+    relay = start_relay(tmp_path, env)
     http = HttpClient(f"http://127.0.0.1:{port}")
     try:
         factory = Factory(http)
@@ -71,8 +71,8 @@ def test_job_created_while_redis_is_down_is_dispatched_when_it_is_back(
         assert moved.status_code == 204
         wait_until(lambda: _dispatch_state(job_id)[0], 60, "the sweep to re-drive the job")
         assert _dispatch_state(job_id) == (True, [driver.id])
-        assert "re-driving 1 announcements and 0 pushes" in worker.log()
+        assert "re-driving 1 announcements and 0 pushes" in relay.log()
     finally:
         http.close()
-        for process in (beat, push_worker, worker, web):
+        for process in (relay, push_worker, worker, web):
             process.stop()

@@ -24,8 +24,8 @@ from settings import settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_workers, wait_until
-from workers.celery_app import app as celery_app
 from workers.enqueue import enqueue
+from workers.relay import expire_jobs
 
 pytestmark = pytest.mark.slow
 
@@ -332,7 +332,7 @@ def test_expired_jobs_leave_every_feed_and_the_customer_is_told(
             .where(Job.id == job["id"])
             .values(expires_at=utcnow() - timedelta(seconds=1))
         )
-    celery_app.send_task("workers.tasks.expire_jobs")  # what beat sends every few seconds
+    assert expire_jobs() == 1  # what the relay does every pass
 
     [(rooms, removed)] = tap.wait_for("job:removed")
     assert (rooms, removed) == (f"driver:{driver.id}", {"job_id": job["id"], "reason": "expired"})

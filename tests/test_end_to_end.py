@@ -1,5 +1,5 @@
 """The whole product through its real processes, as its users meet it: gunicorn, two
-Socket.IO gateways, a Celery worker and beat, PostgreSQL, Redis and the fake APNs; drivers
+Socket.IO gateways, Celery workers, the relay, PostgreSQL, Redis and the fake APNs; drivers
 connected with the python-socketio client and, for one, the official JavaScript client."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from settings import PROJECT_ROOT
 from tests.factories import ORIGIN, Account, Factory, HttpClient, north_of
 from tests.processes import (
     Process,
-    start_beat,
     start_gateway,
+    start_relay,
     start_web,
     start_workers,
     wait_until,
@@ -59,7 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]) ->
             processes.append(gateway)
             gateways.append(port)
         processes.extend(start_workers(logs, env=apns_env))
-        processes.append(start_beat(logs))
+        processes.append(start_relay(logs))
         http = HttpClient(f"http://127.0.0.1:{api_port}")
         yield Stack(http, gateways, processes)
         http.close()

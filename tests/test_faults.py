@@ -1,4 +1,4 @@
-"""The fault suite: the real processes (gunicorn, Celery worker and beat, Socket.IO gateways)
+"""The fault suite: the real processes (gunicorn, Celery workers, the relay, Socket.IO gateways)
 on a PostgreSQL cluster and Redis servers this module starts for itself, and the fake APNs,
 with one of them failing while the apps go on using the service.
 
@@ -40,8 +40,8 @@ from tests.processes import (
     BIN,
     PrivateRedis,
     Process,
-    start_beat,
     start_gateway,
+    start_relay,
     start_web,
     start_worker,
     wait_until,
@@ -132,10 +132,10 @@ def start_stack(
     *,
     worker_env: dict[str, str] | None = None,
     queues: tuple[str, ...] = ("dispatch", "push"),
-    beat: bool = True,
+    relay: bool = True,
     gateways: tuple[str, ...] = ("gateway",),
 ) -> Stack:
-    """The web API, a Celery worker per queue (as `start_workers`), beat and gateways, all
+    """The web API, a Celery worker per queue (as `start_workers`), the relay and gateways, all
     started side by side; each one that started is in `processes`, even if another failed."""
     workers = {"dispatch": "worker", "push": "pushworker"}
     with ThreadPoolExecutor(8) as pool:
@@ -144,8 +144,8 @@ def start_stack(
             pool.submit(start_worker, log_dir, worker_env or env, workers[queue], 1, queue)
             for queue in queues
         ]
-        if beat:
-            others.append(pool.submit(start_beat, log_dir, env))
+        if relay:
+            others.append(pool.submit(start_relay, log_dir, env))
         by_name = {name: pool.submit(start_gateway, log_dir, env, name) for name in gateways}
     started: list[Future[Any]] = [web, *others, *by_name.values()]
     for future in started:
@@ -559,7 +559,7 @@ def test_postgres_refusing_connections_is_a_prompt_503_and_recovers_without_rest
     cluster: PrivatePostgres,
     processes: list[Process],
 ) -> None:
-    stack = start_stack(tmp_path, env, processes, queues=(), beat=False)
+    stack = start_stack(tmp_path, env, processes, queues=(), relay=False)
     web, api_url = stack.web, stack.api_url
     gateway, gateway_port = stack.gateways["gateway"]
     http = HttpClient(api_url)
@@ -688,7 +688,7 @@ def test_a_killed_gateway_s_clients_reconnect_to_the_other_and_reload(
     apps: list[DriverApp],
 ) -> None:
     stack = start_stack(
-        tmp_path, env, processes, queues=("dispatch",), beat=False, gateways=("doomed", "other")
+        tmp_path, env, processes, queues=("dispatch",), relay=False, gateways=("doomed", "other")
     )
     api_url = stack.api_url
     doomed, doomed_port = stack.gateways["doomed"]

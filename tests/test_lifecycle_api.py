@@ -105,7 +105,7 @@ def _trip(client: FlaskClient, factory: Factory, status: str = "pending") -> Tri
 
 
 def _expire(client: FlaskClient, trip: Trip) -> dict[str, Any]:
-    """Let the job's offer time run out and expire it as beat's `expire_jobs` does."""
+    """Let the job's offer time run out and expire it as the relay does."""
     with session_scope() as session:
         session.execute(
             update(Job)

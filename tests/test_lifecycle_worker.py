@@ -3,7 +3,7 @@ concerned, exactly once, `job:removed` to the drivers who drop it, a new round o
 after a release, and the contract's pushes on the fake APNs; retried steps announce
 nothing twice, and the job's event log ends announced.
 
-A real dispatch worker and push worker (no beat: nothing here may rely on the sweep),
+A real dispatch worker and push worker (no relay: nothing here may rely on the sweep),
 the Flask test client for requests, the Socket.IO emits read off Redis."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.contract import JOB_FIELDS
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.processes import Process, start_workers, wait_until
-from workers.celery_app import app as celery_app
+from workers.relay import expire_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("workers")]
 
@@ -569,8 +569,8 @@ def test_an_expired_job_tells_the_customer_once(
             update(Job).where(Job.id == job_id).values(expires_at=utcnow() - timedelta(seconds=1))
         )
 
-    celery_app.send_task("workers.tasks.expire_jobs")  # what beat sends every few seconds
-    celery_app.send_task("workers.tasks.expire_jobs")  # and again: nothing more to expire
+    assert expire_jobs() == 1  # what the relay does every pass
+    assert expire_jobs() == 0  # and again: nothing more to expire
 
     statuses = wait_told(tap, "job:status", job_id, {customer_room(customer): 1})
     [expired] = statuses[customer_room(customer)]

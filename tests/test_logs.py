@@ -29,11 +29,7 @@ from tests.processes import (
 from tests.sockets import Listeners
 from workers.logs import ContextFilter, JsonFormatter, bind_job, close_context, open_context
 
-JSON_LOGS = {
-    "LOG_FORMAT": "json",
-    # As the Procfile's web line: gunicorn's own lines in LOG_FORMAT too.
-    "GUNICORN_CMD_ARGS": "--logger-class api.monitoring.GunicornLogger",
-}
+JSON_LOGS = {"LOG_FORMAT": "json"}
 
 
 def _record(**extra: Any) -> logging.LogRecord:

@@ -1,14 +1,14 @@
 """The job_events outbox survives a SIGKILLed process: whatever single process dies, each
 change's socket announcement goes out within 15 s of its commit and its push within 2 min.
 
-Real processes: a dispatch worker and a push worker (concurrency 1), beat, the fake APNs,
+Real processes: a dispatch worker and a push worker (concurrency 1), the relay, the fake APNs,
 the API in-process (or under gunicorn), read off the Socket.IO channel on Redis. A worker is
 made to hold a task deterministically: the test takes the job's announcement lock (the
 PostgreSQL advisory lock every notify_* task takes first), or the fake APNs holds the push
 unanswered; once the worker's log shows the task received and the task waits, the whole
 worker (master and pool child) is SIGKILLed. The Redis broker keeps a dead worker's unacked
-tasks for its one-hour visibility timeout, so recovery can only come from beat's
-`relay_events` sweep, which a fresh worker then runs."""
+tasks for its one-hour visibility timeout, so recovery can only come from the relay's
+sweep (`workers.relay`), which a fresh worker then serves."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from tests.factories import ORIGIN, Account, Answer, Factory, HttpClient
 from tests.processes import (
     Process,
     free_port,
-    start_beat,
+    start_relay,
     start_web,
     start_worker,
     wait_until,
@@ -48,12 +48,12 @@ ANNOUNCED_WITHIN_S = 15.0  # the issue's bound: a change's socket announcement a
 PUSHED_WITHIN_S = 120.0  # … and its push
 RELAY_AFTER_S = "2"
 QUEUES = {"worker": "dispatch", "pushworker": "push"}
-ROLES = ("worker", "pushworker", "beat")
+ROLES = ("worker", "pushworker", "relay")
 
 
 class Crew:
     """The processes on the outbox's path, each replaceable after a kill: the dispatch
-    worker (`worker`), the push worker (`pushworker`) and `beat`."""
+    worker (`worker`), the push worker (`pushworker`) and the `relay`."""
 
     def __init__(self, root: Path, env: dict[str, str]) -> None:
         self.root = root
@@ -63,10 +63,10 @@ class Crew:
 
     def start(self, role: str) -> Process:
         n = next(self._serial)
-        if role == "beat":
-            log_dir = self.root / f"beat-{n}"  # a schedule file of its own: a killed beat's
-            log_dir.mkdir()  # may be half-written
-            process = start_beat(log_dir, self.env)
+        if role == "relay":
+            log_dir = self.root / f"relay-{n}"
+            log_dir.mkdir()
+            process = start_relay(log_dir, self.env)
         else:
             process = start_worker(self.root, self.env, f"{role}-{n}", 1, QUEUES[role])
         self.processes[role] = process
@@ -283,7 +283,7 @@ def test_worker_killed_holding_notify_nearby(
     phone = factory.device(driver)
     job_id = _next_job_id()
 
-    fresh = _kill_dispatch_worker_holding(
+    _kill_dispatch_worker_holding(
         crew,
         "notify_nearby",
         job_id,
@@ -301,7 +301,8 @@ def test_worker_killed_holding_notify_nearby(
     assert push.payload["type"] == "job:new" and push.payload["job_id"] == job_id
     assert _pushed_after(created, push) <= PUSHED_WITHIN_S
     _wait_settled(job_id)
-    assert "re-driving 1 announcements" in fresh.log()  # the sweep, not a redelivery
+    # The sweep, not a redelivery:
+    assert "re-driving 1 announcements" in crew.processes["relay"].log()
     _quiet()
     [(room, _)] = tap.of("job:new")
     assert room == f"driver:{driver.id}"
@@ -318,7 +319,7 @@ def test_worker_killed_holding_notify_accepted(
     tap.wait_for("job:new", count=2)
     _wait_settled(job["id"])
 
-    fresh = _kill_dispatch_worker_holding(
+    _kill_dispatch_worker_holding(
         crew, "notify_accepted", job["id"], lambda: _step(client, job["id"], "accept", winner)
     )
 
@@ -330,7 +331,7 @@ def test_worker_killed_holding_notify_accepted(
     assert push.payload["type"] == "job:accepted"
     assert _pushed_after(accepted, push) <= PUSHED_WITHIN_S
     _wait_settled(job["id"])
-    assert "re-driving 1 announcements" in fresh.log()
+    assert "re-driving 1 announcements" in crew.processes["relay"].log()
     _quiet()
     [(rooms, _)] = tap.of("job:accepted")
     assert sorted(rooms) == sorted([f"driver:{winner.id}", f"driver:{other.id}"])
@@ -365,7 +366,7 @@ def test_worker_killed_holding_notify_status(
         _wait_settled(job_id)
     pushes_before = len(fake_apns.received(phone))
 
-    fresh = _kill_dispatch_worker_holding(
+    _kill_dispatch_worker_holding(
         crew, "notify_status", job_id, lambda: _step(client, job_id, step, driver)
     )
 
@@ -377,7 +378,7 @@ def test_worker_killed_holding_notify_status(
         assert push.payload["aps"]["alert"]["title"] == push_title and push.status == 200
         assert _pushed_after(change, push) <= PUSHED_WITHIN_S
     _wait_settled(job_id)
-    assert "re-driving 1 announcements" in fresh.log()
+    assert "re-driving 1 announcements" in crew.processes["relay"].log()
     _quiet()
     [(rooms, _)] = _status(tap, status)
     assert sorted(rooms) == sorted([f"customer:{customer.id}", f"driver:{driver.id}"])
@@ -392,7 +393,7 @@ def test_worker_killed_holding_notify_removed(
     job_id = _accepted_job(client, factory, tap, customer, driver)
     offer_pushes = len(fake_apns.received(driver_phone))
 
-    fresh = _kill_dispatch_worker_holding(
+    _kill_dispatch_worker_holding(
         crew, "notify_removed", job_id, lambda: _step(client, job_id, "cancel", customer)
     )
 
@@ -405,7 +406,7 @@ def test_worker_killed_holding_notify_removed(
     assert (push.payload["type"], push.status) == ("job:cancelled", 200)
     assert _pushed_after(cancelled, push) <= PUSHED_WITHIN_S
     _wait_settled(job_id)
-    assert "re-driving 1 announcements" in fresh.log()
+    assert "re-driving 1 announcements" in crew.processes["relay"].log()
     _quiet()
     [(rooms, removed)] = tap.of("job:removed")
     assert sorted(rooms) == sorted([f"driver:{driver.id}", f"driver:{other.id}"])
@@ -443,13 +444,13 @@ def test_push_worker_killed_holding_send_push(
     assert push.payload["type"] == "job:accepted"
     assert _pushed_after(accepted, push) <= PUSHED_WITHIN_S
     _wait_settled(job["id"])
-    assert "re-driving 0 announcements and 1 pushes" in crew.processes["worker"].log()
+    assert "re-driving 0 announcements and 1 pushes" in crew.processes["relay"].log()
     _quiet()
     assert len(fake_apns.received(phone)) == 1
     assert len(tap.of("job:accepted")) == 1 and len(_status(tap, "accepted")) == 1
 
 
-# --- a lost enqueue, and beat killed ------------------------------------------------------
+# --- a lost enqueue, and the relay killed ------------------------------------------------------
 
 
 class PatientHttpClient(HttpClient):
@@ -493,12 +494,10 @@ def test_changes_whose_enqueue_was_lost_are_announced_by_the_sweep(
         web.stop()
 
 
-def test_beat_killed_does_not_stop_announcements_made_after_commit(
+def test_relay_killed_does_not_stop_announcements_made_after_commit(
     crew: Crew, tap: EventTap, client: FlaskClient, factory: Factory, fake_apns: FakeAPNs
 ) -> None:
-    worker = crew.processes["worker"]
-    crew.kill("beat")
-    sweeps_before = worker.log().count("re-driving")
+    crew.kill("relay")
     customer, driver = factory.customer(), factory.driver()
     customer_phone, driver_phone = factory.device(customer), factory.device(driver)
 
@@ -515,8 +514,7 @@ def test_beat_killed_does_not_stop_announcements_made_after_commit(
     assert _after(_event(job["id"], "cancelled"), seen) <= ANNOUNCED_WITHIN_S
     _wait_settled(job["id"])
 
-    assert not crew.processes["beat"].alive()
-    assert worker.log().count("re-driving") == sweeps_before  # no sweep played a part
+    assert not crew.processes["relay"].alive()  # no sweep played a part
     _quiet()
     assert [len(tap.of(e)) for e in ("job:new", "job:accepted", "job:removed")] == [1, 1, 1]
     assert len(fake_apns.received(driver_phone)) == 2  # the offer and the cancellation

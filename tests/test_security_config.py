@@ -1,9 +1,9 @@
 """Secrets stay secret, and nothing starts on a forgeable secret: real processes.
 
-A worker, beat, gunicorn and Flower run with a unique SECRET_KEY, a password inside
+A worker, the relay, gunicorn and Flower run with a unique SECRET_KEY, a password inside
 DATABASE_URL (local PostgreSQL trusts, so it still connects), a Redis of this test's own that
 demands a password, and a unique Flower password; `celery inspect conf`, Flower's API and
-pages, error answers and every log must show none of them. Web, worker, beat, gateway, Flower
+pages, error answers and every log must show none of them. Web, worker, relay, gateway, Flower
 and the `dispatch` CLI refuse to start without a real SECRET_KEY outside development
 (`bin/run-stack`'s development secret: tests/test_run_stack.py). Flower needs its password on every
 path, /metrics and /healthcheck included; API answers carry `nosniff`, and token answers
@@ -31,7 +31,7 @@ from tests.processes import (
     Process,
     free_port,
     port_open,
-    start_beat,
+    start_relay,
     start_web,
     start_worker,
     wait_until,
@@ -88,7 +88,7 @@ def test_no_secret_in_inspect_conf_flower_error_answers_or_logs(
         "FLOWER_BASIC_AUTH": f"{flower_user}:{flower_password}",
     }
     worker = start_worker(tmp_path, env)
-    beat = start_beat(tmp_path, env)
+    relay = start_relay(tmp_path, env)
     web, web_port = start_web(tmp_path, env)
     flower_port = free_port()
     flower = Process(
@@ -152,9 +152,9 @@ def test_no_secret_in_inspect_conf_flower_error_answers_or_logs(
             _assert_none_shown(secrets, f"the answer to {answer.url}", answer.text)
     finally:
         http.close()
-        for process in (flower, web, beat, worker):
+        for process in (flower, web, relay, worker):
             process.stop()
-    for process in (worker, beat, web, flower):
+    for process in (worker, relay, web, flower):
         _assert_none_shown(secrets, f"the {process.name} log", process.log())
 
 
@@ -170,20 +170,14 @@ def _start_commands(tmp_path: Path) -> dict[str, list[str]]:
             "api:create_app()",
         ],
         "worker": [str(BIN / "celery"), "-A", "workers.celery_app", "worker", "--concurrency=1"],
-        "beat": [
-            str(BIN / "celery"),
-            "-A",
-            "workers.celery_app",
-            "beat",
-            f"--schedule={tmp_path / 'celerybeat-schedule'}",
-        ],
+        "relay": [str(BIN / "python"), "-m", "workers.relay"],
         "gateway": [str(BIN / "python"), "-m", "realtime"],
         "flower": [str(BIN / "python"), "-m", "workers.flower"],
         "cli": [str(BIN / "dispatch"), "migrate"],
     }
 
 
-@pytest.mark.parametrize("kind", ["web", "worker", "beat", "gateway", "flower", "cli"])
+@pytest.mark.parametrize("kind", ["web", "worker", "relay", "gateway", "flower", "cli"])
 @pytest.mark.parametrize("secret", ["unset", "public default"])
 def test_no_process_starts_on_a_forgeable_secret(tmp_path: Path, kind: str, secret: str) -> None:
     env = _without("SECRET_KEY", "DISPATCH_ENV")

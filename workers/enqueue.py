@@ -2,7 +2,7 @@
 
 Every change of a job is a row in `job_events` committed with the change; this module
 hands each row to the task that announces it. If the broker is down the publish fails
-fast and is logged; the row stays unannounced, and beat's `relay_events` sweep re-drives it.
+fast and is logged; the row stays unannounced, and the relay's sweep (`workers.relay`) re-drives it.
 """
 
 from __future__ import annotations

@@ -1,14 +1,48 @@
-"""The outbox sweep: which announcements and pushes are overdue, each handed out at most
-once per RELAY_HOLD_S so that a backlog is not multiplied by every beat tick."""
+"""`python -m workers.relay`: the outbox sweep, a process of its own (the Procfile's `relay`).
+
+Every SWEEP_EVERY_S it re-drives the announcements and pushes that are overdue (their enqueue
+was lost, or the worker holding them died) and expires the pending jobs past their expiry,
+handing what it finds to the workers as tasks. A pass that finds nothing sends no task and
+logs nothing, so Flower's task list and the log show the real work, not ~2,000 empty sweeps
+an hour. Each overdue event is handed out at most once per RELAY_HOLD_S, so a backlog is not
+multiplied by every pass; running more than one relay is safe (the claims and the expiry's
+conditional UPDATE make each finding one relay's). A pass that fails (PostgreSQL, Redis or
+the broker away) is logged as an error and the next one tries again: nothing is lost, it
+waits in the outbox.
+"""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from kombu.exceptions import OperationalError as BrokerUnavailable
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError as DatabaseUnavailable
+
 from models.db import redis_connection, session_scope
 from models.job_events import overdue_push_event_ids, unannounced_events
+from models.lifecycle import expire_due_jobs
 from settings import settings
+from workers.enqueue import announce, enqueue_push
+from workers.logs import configure_logging
+from workers.metrics import SWEEP_REDRIVEN
+
+log = logging.getLogger(__name__)
 
 RELAY_HOLD_S = 5  # short: a re-driven copy lost with a second dying worker is sent again soon
 RELAY_BATCH = 500
+SWEEP_EVERY_S = max(1.0, settings.relay_after_s / 2)
+UNREACHABLE = (RedisError, BrokerUnavailable, DatabaseUnavailable, OSError)
+
+
+@dataclass(frozen=True)
+class Findings:
+    announcements: int
+    pushes: int
+    expired: int
 
 
 def _claim_relay(kind: str, event_id: int) -> bool:
@@ -27,3 +61,49 @@ def overdue_pushes() -> list[int]:
     with session_scope() as session:
         event_ids = overdue_push_event_ids(session, RELAY_BATCH)
     return [event_id for event_id in event_ids if _claim_relay("push", event_id)]
+
+
+def expire_jobs() -> int:
+    """Expire the pending jobs past their offer time and hand their events to the workers."""
+    with session_scope() as session:
+        expired = [(event.id, event.type) for event in expire_due_jobs(session)]
+    announce(expired)
+    if expired:
+        log.info("expired %d jobs past their offer time", len(expired))
+    return len(expired)
+
+
+def sweep() -> Findings:
+    """One pass: what it re-drove and expired (a task for each), logged only if anything."""
+    announcements = overdue_announcements()
+    announce(announcements)
+    pushes = overdue_pushes()
+    for event_id in pushes:
+        enqueue_push(event_id)
+    SWEEP_REDRIVEN.labels("announcement").inc(len(announcements))
+    SWEEP_REDRIVEN.labels("push").inc(len(pushes))
+    if announcements or pushes:
+        log.warning("re-driving %d announcements and %d pushes", len(announcements), len(pushes))
+    return Findings(len(announcements), len(pushes), expire_jobs())
+
+
+def sweep_until(stopped: threading.Event, every_s: float = SWEEP_EVERY_S) -> None:
+    while not stopped.is_set():
+        try:
+            sweep()
+        except UNREACHABLE as exc:
+            log.error("sweep failed (next in %.1f s): %s", every_s, exc)
+        stopped.wait(every_s)
+
+
+def main() -> None:
+    configure_logging()
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    log.info("relay: sweeping the outbox every %.1f s", SWEEP_EVERY_S)
+    sweep_until(stopped)
+
+
+if __name__ == "__main__":
+    main()

@@ -14,16 +14,13 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 
-from models.db import session_scope
-from models.lifecycle import expire_due_jobs
 from settings import settings
 from workers.apns import apns_enabled
 from workers.celery_app import app
 from workers.dispatch import announce_change, deliver_offers, offer_job
-from workers.enqueue import announce, enqueue_push
-from workers.metrics import SWEEP_REDRIVEN, serve_scrapes
+from workers.enqueue import enqueue_push
+from workers.metrics import serve_scrapes
 from workers.notifications import PUSH_MAX_RETRIES, push_event
-from workers.relay import overdue_announcements, overdue_pushes
 
 log = logging.getLogger(__name__)
 
@@ -96,28 +93,3 @@ def send_push(self: Task, event_id: int) -> None:
     countdown = push_event(event_id)
     if countdown is not None:
         raise self.retry(countdown=countdown)
-
-
-@app.task(name="workers.tasks.relay_events", **RETRY_WHILE_UNREACHABLE)
-def relay_events(self: Task) -> int:
-    """Beat: re-drive every announcement and push that is overdue (its enqueue was lost,
-    or the process holding it died)."""
-    events = overdue_announcements()
-    announce(events)
-    pushes = overdue_pushes()
-    for event_id in pushes:
-        enqueue_push(event_id)
-    SWEEP_REDRIVEN.labels("announcement").inc(len(events))
-    SWEEP_REDRIVEN.labels("push").inc(len(pushes))
-    if events or pushes:
-        log.warning("re-driving %d announcements and %d pushes", len(events), len(pushes))
-    return len(events) + len(pushes)
-
-
-@app.task(name="workers.tasks.expire_jobs", **RETRY_WHILE_UNREACHABLE)
-def expire_jobs(self: Task) -> int:
-    """Beat: expire pending jobs past `expires_at` and announce it."""
-    with session_scope() as session:
-        expired = [(event.id, event.type) for event in expire_due_jobs(session)]
-    announce(expired)
-    return len(expired)
