@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     location_stale_s: int = Field(default=120, gt=0, validation_alias="LOCATION_STALE_S")
     # An event not announced this long after its change is re-driven by the sweep.
     relay_after_s: float = Field(default=3, gt=0, validation_alias="RELAY_AFTER_S")
+    # An owed push not confirmed done this long after it was owed is re-driven by the sweep:
+    # longer than one send may take (workers.apns gives a batch 15 s).
+    push_due_s: float = Field(default=30, gt=15, validation_alias="PUSH_DUE_S")
     auto_approve_drivers: bool = Field(default=False, validation_alias="AUTO_APPROVE_DRIVERS")
     idempotency_window_s: int = Field(
         default=24 * 3600, gt=0, validation_alias="IDEMPOTENCY_WINDOW_S"

@@ -151,16 +151,14 @@ def database() -> Iterator[str]:
 
 
 def _empty_tables() -> None:
-    """Every table emptied and its ids restarted. SQLite has no TRUNCATE: its rows are
-    deleted children first, and ids restart by themselves (no table is AUTOINCREMENT)."""
-    tables = metadata.sorted_tables
+    """Every table emptied, children first, and its ids restarted: on PostgreSQL each
+    sequence set back (a DELETE of a few rows and setval cost half of TRUNCATE's ~23 ms a
+    test); SQLite's ids restart by themselves (no table is AUTOINCREMENT)."""
     with engine().begin() as conn:
-        if ON_SQLITE:
-            for table in reversed(tables):
-                conn.execute(table.delete())
-        else:
-            names = ", ".join(table.name for table in tables)
-            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+        if not ON_SQLITE:
+            conn.execute(text("SELECT setval(oid, 1, false) FROM pg_class WHERE relkind = 'S'"))
 
 
 def _delete_prefixed_keys(r: redis.Redis) -> None:

@@ -95,7 +95,9 @@ class Crew:
 def crew_processes(
     tmp_path_factory: pytest.TempPathFactory, apns_env: dict[str, str]
 ) -> Iterator[Crew]:
-    crew = Crew(tmp_path_factory.mktemp("outbox"), {**apns_env, "RELAY_AFTER_S": RELAY_AFTER_S})
+    # PUSH_DUE_S at its least: a push worker killed mid-send leaves its push due that long.
+    env = {**apns_env, "RELAY_AFTER_S": RELAY_AFTER_S, "PUSH_DUE_S": "16"}
+    crew = Crew(tmp_path_factory.mktemp("outbox"), env)
     try:
         yield crew
     finally:

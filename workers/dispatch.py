@@ -30,6 +30,7 @@ from models.offers import mark_notified, offer_round, round_driver_ids, unnotifi
 from models.rooms import customer_room, driver_room
 from models.schemas import JobView, OfferView, as_json, job_views, utc_z
 from models.tracking import sync_tracking
+from settings import settings
 from workers.apns import apns_enabled
 from workers.events import emit, emit_each
 from workers.logs import bind_job
@@ -40,7 +41,7 @@ from workers.metrics import (
     OFFERS_PER_ROUND,
     OFFERS_SENT,
 )
-from workers.notifications import PUSH_DUE_S, has_push
+from workers.notifications import has_push
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _emitted(event: str, rooms: int) -> None:
 def _push_within(event: JobEvent) -> float | None:
     """When the event's pushes are due; None if it has none (or APNs is not configured:
     then pushes are skipped, as the worker warned at start)."""
-    return PUSH_DUE_S if has_push(event) and apns_enabled() else None
+    return settings.push_due_s if has_push(event) and apns_enabled() else None
 
 
 def _status_rooms(job: Job, event: JobEvent) -> list[str]:
@@ -159,7 +160,7 @@ def deliver_offers(notice: OfferNotice) -> bool:
     bind_job(notice.job_id, notice.event_id)
     emit_each(notice.events)
     _emitted("job:new", len(notice.events))
-    push_within = PUSH_DUE_S if notice.offer_ids and apns_enabled() else None
+    push_within = settings.push_due_s if notice.offer_ids and apns_enabled() else None
     now = utcnow()
     with session_scope() as session:
         mark_notified(session, notice.offer_ids, now)

@@ -24,14 +24,13 @@ from models.devices import DeviceToken, active_tokens, deactivate_token, record_
 from models.job_events import EventType, JobEvent
 from models.jobs import Job, JobStatus
 from models.offers import distance_by_driver, open_offer_driver_ids
+from settings import settings
 from workers.apns import Outcome, Push, PushResult, apns_enabled, send_pushes
 from workers.logs import bind_job
 from workers.metrics import PUSHES
 
 log = logging.getLogger(__name__)
 
-# An owed push not done by then is re-driven: longer than one send may take (15 s).
-PUSH_DUE_S = 30.0
 PUSH_MAX_RETRIES = 6
 PUSH_BACKOFF_BASE_S = 2.0
 PUSH_BACKOFF_CAP_S = 60.0
@@ -170,7 +169,7 @@ def push_event(event_id: int) -> float | None:
             event.push_due_at = None
             return None
         # Claimed for this attempt: only a push worker that dies leaves it overdue.
-        event.push_due_at = utcnow() + timedelta(seconds=PUSH_DUE_S)
+        event.push_due_at = utcnow() + timedelta(seconds=settings.push_due_s)
         attempt = event.push_attempts
     results = send_pushes(pushes)
     record_outcomes(kind, event_id, results)
@@ -182,7 +181,7 @@ def push_event(event_id: int) -> float | None:
             countdown = push_backoff_s(attempt)
             event.push_tokens = retry
             event.push_attempts = attempt + 1
-            event.push_due_at = utcnow() + timedelta(seconds=countdown + PUSH_DUE_S)
+            event.push_due_at = utcnow() + timedelta(seconds=countdown + settings.push_due_s)
             return countdown
         if retry:
             log.error(
