@@ -44,9 +44,15 @@ $(PROMTOOL): | $(STAMP)
 		&& dpkg-deb -x prometheus_*.deb root && ln -sf "$$PWD/root/usr/bin/promtool" ../bin/promtool \
 		|| echo "promtool unavailable: tests/test_ops_config.py skips its promtool checks"
 
+# Test processes (pytest-xdist): the tests mostly wait on real processes, so four share two
+# CPUs well; each has its own database and Redis prefix (tests/conftest.py), and a module's
+# tests stay in one process (--dist loadfile) with the processes its fixtures started.
+TEST_PROCESSES ?= 4
+PYTEST := $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
+
 test: lint typecheck $(JS_STAMP) $(PROMTOOL)
-	$(BIN)/pytest
-	TEST_DATABASE=sqlite $(BIN)/pytest -q  # the domain and API on make run's SQLite (tests/conftest.py)
+	$(PYTEST)
+	TEST_DATABASE=sqlite $(PYTEST) -q  # the domain and API on make run's SQLite (tests/conftest.py)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
