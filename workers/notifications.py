@@ -48,6 +48,8 @@ class PushKind(StrEnum):
 
 @dataclass(frozen=True)
 class Alert:
+    """What the phone shows, and its `apns-priority` (10: now; None: the header left out)."""
+
     title: str
     body: str
     priority: int | None

@@ -23,6 +23,8 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class PushResult:
+    """APNs's answer to one push: `status` and `reason` as Apple sent them (None: none came)."""
+
     push: Push
     outcome: Outcome
     status: int | None
