@@ -45,6 +45,7 @@ SCRAPE_JOBS = {
     "dispatch-gateway",
     "dispatch-worker",
     "dispatch-pushworker",
+    "dispatch-relay",
     "flower",
 }
 
@@ -322,6 +323,7 @@ def firing(at: str, alert: str, *alerts: dict[str, str]) -> dict[str, Any]:
 API = 'job="dispatch-api", instance="api:8000"'
 WORKER = 'job="dispatch-worker", instance="worker:9101"'
 PUSHWORKER = 'job="dispatch-pushworker", instance="pushworker:9102"'
+RELAY = 'job="dispatch-relay", instance="relay:9103"'
 BOOKINGS = (
     f'dispatch_http_requests_total{{route="/api/v1/jobs", method="POST", status="201", {API}}}'
 )
@@ -408,8 +410,8 @@ RULE_TESTS = [
     },
     {  # one re-drive: a ticket, no page; re-drives every minute: a page
         "input_series": [
-            series(f'dispatch_sweep_redriven_total{{kind="push", {WORKER}}}', "0 0 1x40"),
-            series(f'dispatch_sweep_redriven_total{{kind="announcement", {WORKER}}}', "0+1x40"),
+            series(f'dispatch_sweep_redriven_total{{kind="push", {RELAY}}}', "0 0 1x40"),
+            series(f'dispatch_sweep_redriven_total{{kind="announcement", {RELAY}}}', "0+1x40"),
         ],
         "alert_rule_test": [
             firing(

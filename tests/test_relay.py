@@ -34,16 +34,17 @@ FLOWER_AUTH = ("operator", "relay-test-password")
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[Process, Process, str]]:
-    """A dispatch worker, the relay and Flower; yields the relay, the worker, Flower's URL."""
-    port = free_port()
+def stack(tmp_path: Path) -> Iterator[tuple[Process, Process, str, str]]:
+    """A dispatch worker, the relay and Flower; yields the relay, the worker, Flower's URL
+    and the relay's /metrics."""
+    port, metrics_port = free_port(), free_port()
     env = {"FLOWER_BASIC_AUTH": ":".join(FLOWER_AUTH), "FLOWER_PORT": str(port)}
     flower = Process("flower", [str(BIN / "python"), "-m", "workers.flower"], tmp_path, env)
     worker = start_worker(tmp_path, env)
-    relay = start_relay(tmp_path, env)
+    relay = start_relay(tmp_path, {**env, "METRICS_PORT": str(metrics_port)})
     wait_until(lambda: port_open(port) or not flower.alive(), 30, "Flower to listen")
     try:
-        yield relay, worker, f"http://127.0.0.1:{port}"
+        yield relay, worker, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         for process in (relay, worker, flower):
             process.stop()
@@ -61,12 +62,12 @@ def _info_lines(process: Process) -> list[str]:
 
 
 def test_an_idle_sweep_is_silent_and_a_lost_enqueue_is_still_announced(
-    stack: tuple[Process, Process, str], factory: Factory
+    stack: tuple[Process, Process, str, str], factory: Factory
 ) -> None:
-    relay, worker, flower = stack
+    relay, worker, flower, metrics = stack
     customer, driver = factory.customer(), factory.driver()
-    started = _info_lines(relay)
-    assert [line for line in started if "sweeping the outbox" in line] == started
+    started = _info_lines(relay)  # its start: what it sweeps, where its metrics are
+    assert all("sweeping the outbox" in line or "metrics for" in line for line in started)
 
     time.sleep(IDLE_S)  # proving that nothing happens: ~20 passes of the sweep
 
@@ -86,6 +87,9 @@ def test_an_idle_sweep_is_silent_and_a_lost_enqueue_is_still_announced(
         [(room, offer)] = tap.wait_for("job:new", timeout_s=30)
     assert (room, offer["job"]["id"]) == (f"driver:{driver.id}", job_id)
     assert "re-driving 1 announcements and 0 pushes" in relay.log()
+    assert requests.get(metrics, timeout=10).status_code == 401
+    scrape = requests.get(metrics, auth=FLOWER_AUTH, timeout=10).text
+    assert 'dispatch_sweep_redriven_total{kind="announcement"} 1.0' in scrape.splitlines()
     wait_until(
         lambda: any(
             task.get("name") == "workers.tasks.notify_nearby"

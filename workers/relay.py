@@ -28,7 +28,7 @@ from models.lifecycle import expire_due_jobs
 from settings import settings
 from workers.enqueue import announce, enqueue_push
 from workers.logs import configure_logging
-from workers.metrics import SWEEP_REDRIVEN
+from workers.metrics import SWEEP_REDRIVEN, serve_scrapes
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,8 @@ def sweep_until(stopped: threading.Event, every_s: float = SWEEP_EVERY_S) -> Non
 
 def main() -> None:
     configure_logging()
+    if settings.metrics_port is not None:
+        serve_scrapes(settings.bind_host, settings.metrics_port)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
