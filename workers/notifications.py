@@ -13,9 +13,9 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
@@ -46,8 +46,7 @@ class PushKind(StrEnum):
     job_expired = "job:expired"
 
 
-@dataclass(frozen=True)
-class Alert:
+class Alert(NamedTuple):
     """What the phone shows, and its `apns-priority` (10: now; None: the header left out)."""
 
     title: str
