@@ -1,4 +1,5 @@
-"""Users (customers and drivers), driver profiles, passwords and bearer tokens."""
+"""Users (customers, drivers and operators), driver profiles and the log of operators'
+changes to them, passwords and bearer tokens."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, select
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
@@ -89,11 +90,15 @@ def _password_matches(password_hash: str, password: str) -> bool:
 class Role(StrEnum):
     customer = "customer"
     driver = "driver"
+    # Created by the `dispatch create-operator` command only, never by registration.
+    operator = "operator"
 
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (CheckConstraint("role IN ('customer', 'driver')", name="ck_users_role"),)
+    __table_args__ = (
+        CheckConstraint("role IN ('customer', 'driver', 'operator')", name="ck_users_role"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
@@ -116,7 +121,8 @@ class User(Base):
 
 
 class DriverProfile(Base):
-    """A driver's standing: approved by an operator, online, and the job they are on."""
+    """A driver's standing: approved by an operator (and not suspended since), online, and
+    the job they are on."""
 
     __tablename__ = "driver_profiles"
     __table_args__ = (
@@ -125,7 +131,7 @@ class DriverProfile(Base):
         partial_index(
             "ix_driver_profiles_dispatchable",
             "user_id",
-            "online AND approved AND current_job_id IS NULL",
+            "online AND approved AND suspended_at IS NULL AND current_job_id IS NULL",
         ),
     )
 
@@ -134,11 +140,42 @@ class DriverProfile(Base):
     )
     approved: Mapped[bool] = mapped_column(Boolean, default=False)
     online: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Set by an operator: a suspended driver is offered nothing and cannot accept a job.
+    suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     current_job_id: Mapped[int | None] = mapped_column(
         ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True
     )
 
     user: Mapped[User] = relationship(back_populates="driver_profile")
+
+    @property
+    def suspended(self) -> bool:
+        return self.suspended_at is not None
+
+
+class DriverEventType(StrEnum):
+    approved = "approved"
+    suspended = "suspended"
+
+
+class DriverEvent(Base):
+    """A change of a driver's standing, and who made it (an operator; None for the CLI)."""
+
+    __tablename__ = "driver_events"
+    __table_args__ = (
+        CheckConstraint("type IN ('approved', 'suspended')", name="ck_driver_events_type"),
+        Index("ix_driver_events_driver", "driver_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    driver_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(16))
+    actor_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), nullable=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    actor: Mapped[User | None] = relationship(foreign_keys=[actor_id], lazy="joined")
 
 
 def normalize_email(email: str) -> str:
@@ -147,7 +184,8 @@ def normalize_email(email: str) -> str:
 
 def register_user(session: Session, role: Role, email: str, password: str, name: str) -> User:
     """Create a user; a driver gets a profile, approved at once only where the
-    deployment auto-approves (development). Raises Conflict if the email is taken."""
+    deployment auto-approves (development). Raises Conflict if the email is taken.
+    (Operators come from the CLI alone: registration's body refuses the role.)"""
     email = normalize_email(email)
     with hashing_slots.slot():  # taken first: a refused sign-up costs no query
         if session.scalar(select(User.id).where(User.email == email)) is not None:
@@ -171,14 +209,6 @@ def authenticate(session: Session, email: str, password: str) -> User:
         matches = _password_matches(user.password_hash if user else _DUMMY_HASH, password)
     if user is None or not matches:
         raise Unauthorized("Wrong email or password.")
-    return user
-
-
-def approve_driver(session: Session, email: str) -> User:
-    user = session.scalar(select(User).where(User.email == normalize_email(email)))
-    if user is None or user.driver_profile is None:
-        raise LookupError(f"no driver with email {email!r}")
-    user.driver_profile.approved = True
     return user
 
 

@@ -21,10 +21,11 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from models.accounts import User
+from models.accounts import DriverEvent, DriverEventType, DriverProfile, User
 from models.job_events import EventType, JobEvent
 from models.jobs import Job, JobStatus, Place
 from models.offers import Offer
+from models.operations import DriverStatus, LiveCounts
 from models.tracking import Position, tracked_positions
 
 
@@ -213,6 +214,120 @@ class JobEventView(BaseModel):
             count=event.data.get("count") if event.type == EventType.offered else None,
             reason=event.data.get("reason") if event.type == EventType.cancelled else None,
         )
+
+
+def _age_s(since: datetime, now: datetime) -> float:
+    return round(max(0.0, (now - since).total_seconds()), 1)
+
+
+class OpsDriverView(BaseModel):
+    """A driver as operators see them."""
+
+    id: int
+    name: str
+    email: str
+    online: bool
+    approved: bool
+    suspended: bool
+    suspended_at: UTCTime | None
+    current_job_id: int | None = Field(description="The job they are on, if any")
+    position: DriverLocationView | None = Field(description="Their last reported position")
+    position_age_s: float | None = Field(description="Seconds since that report")
+
+    @classmethod
+    def of(cls, status: DriverStatus, now: datetime) -> OpsDriverView:
+        driver, profile, where = status.driver, status.profile, status.position
+        return cls(
+            id=driver.id,
+            name=driver.name,
+            email=driver.email,
+            online=profile.online,
+            approved=profile.approved,
+            suspended=profile.suspended,
+            suspended_at=profile.suspended_at,
+            current_job_id=profile.current_job_id,
+            position=(
+                DriverLocationView(lat=where.lat, lng=where.lng, at=where.at) if where else None
+            ),
+            position_age_s=_age_s(where.at, now) if where else None,
+        )
+
+
+class DriverStandingView(BaseModel):
+    """What `driver:suspended` and `driver:approved` tell the driver's sockets."""
+
+    driver_id: int
+    approved: bool
+    suspended: bool
+    at: UTCTime
+
+    @classmethod
+    def of(cls, profile: DriverProfile, event: DriverEvent) -> DriverStandingView:
+        return cls(
+            driver_id=profile.user_id,
+            approved=profile.approved,
+            suspended=profile.suspended,
+            at=event.at,
+        )
+
+
+class DriverEventView(BaseModel):
+    type: str = Field(json_schema_extra={"enum": [t.value for t in DriverEventType]})
+    at: UTCTime
+    actor: ActorView | None = Field(description="The operator; null for the command line")
+
+    @classmethod
+    def of(cls, event: DriverEvent) -> DriverEventView:
+        actor = event.actor
+        return cls(
+            type=event.type,
+            at=event.at,
+            actor=ActorView(id=actor.id, role=actor.role) if actor else None,
+        )
+
+
+class OpsJobView(JobView):
+    """A job as operators see it: its age, and whom it is offered to now."""
+
+    age_s: float = Field(description="Seconds since it was created")
+    offered_to: int = Field(
+        description="Drivers it is offered to in its current round (not declined)"
+    )
+
+
+def ops_job_views(
+    r: redis.Redis, jobs: list[Job], offered_to: dict[int, int], now: datetime
+) -> list[OpsJobView]:
+    return [
+        OpsJobView(
+            **dict(view), age_s=_age_s(job.created_at, now), offered_to=offered_to.get(job.id, 0)
+        )
+        for job, view in zip(jobs, job_views(r, jobs), strict=True)
+    ]
+
+
+class DriverCountsView(BaseModel):
+    total: int
+    online: int
+    on_job: int
+    suspended: int
+    awaiting_approval: int
+
+
+class JobCountsView(BaseModel):
+    pending: int
+    accepted: int
+    arrived: int
+    in_progress: int
+
+
+class LiveCountsView(BaseModel):
+    drivers: DriverCountsView
+    jobs: JobCountsView
+
+    @classmethod
+    def of(cls, counts: LiveCounts) -> LiveCountsView:
+        return cls(drivers=DriverCountsView(**counts.drivers), jobs=JobCountsView(**counts.jobs))
 
 
 def as_json(model: BaseModel) -> dict[str, Any]:
