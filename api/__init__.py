@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, Response
 from flask_openapi3 import APIBlueprint
 
-from api import auth, devices, drivers, jobs, meta
+from api import auth, devices, drivers, jobs, meta, ops
 from api.errors import register_error_handlers
 from api.monitoring import register_monitoring
 from api.openapi import dispatch_api, explorer_files
@@ -32,7 +32,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, **(overrides or {}))
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the contract's order
     v1 = APIBlueprint("v1", __name__, url_prefix=API_PREFIX)
-    for module in (auth, devices, drivers, jobs, meta):
+    for module in (auth, devices, drivers, jobs, meta, ops):
         v1.register_api(module.bp)
     app.register_api(v1)
     app.register_blueprint(explorer_files(API_PREFIX))

@@ -26,9 +26,12 @@ from models.jobs import JobStatus
 from models.schemas import (
     NUL_REASON,
     Coordinates,
+    DriverEventView,
     JobEventView,
     JobView,
     OfferView,
+    OpsDriverView,
+    OpsJobView,
     PlaceIn,
     StrictModel,
     UserView,
@@ -144,6 +147,10 @@ class JobPath(BaseModel):
     job_id: int
 
 
+class DriverPath(BaseModel):
+    driver_id: int
+
+
 class DeviceTokenPath(BaseModel):
     token: str
 
@@ -208,6 +215,10 @@ class JobsQuery(BaseModel):
         return JobStatus(self.status) if self.status else None
 
 
+class OpsJobsQuery(JobsQuery):
+    limit: int = Field(default=100, ge=1, le=500, description="At most this many, newest first")
+
+
 class AuthAnswer(BaseModel):
     user: UserView
     token: str
@@ -242,6 +253,18 @@ class DriverAnswer(BaseModel):
     online: bool
     approved: bool
     current_job: JobView | None
+
+
+class OpsDriversAnswer(BaseModel):
+    drivers: list[OpsDriverView]
+
+
+class DriverEventsAnswer(BaseModel):
+    events: list[DriverEventView]
+
+
+class OpsJobsAnswer(BaseModel):
+    jobs: list[OpsJobView]
 
 
 class HealthAnswer(BaseModel):
