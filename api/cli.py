@@ -11,6 +11,7 @@ from alembic import command
 from alembic.config import Config
 from pydantic import TypeAdapter, ValidationError
 
+from api.ops import tell_driver_after_commit
 from api.schemas import Email, Name, Password
 from models.accounts import Role, register_user
 from models.db import session_scope
@@ -75,6 +76,7 @@ def approve_driver_command(email: str) -> None:
     try:
         with session_scope() as session:
             change = approve_driver(session, driver_id_for_email(session, email), actor=None)
+            tell_driver_after_commit(session, change)
             click.echo(f"approved driver {change.driver.id} ({change.driver.email})")
     except NotFound as exc:
         raise click.ClickException(exc.message) from exc

@@ -1,16 +1,18 @@
 """Operators: every driver with their standing and last position, approve and suspend
-(each change logged with the operator), jobs by status
+(each change logged with the operator, and told to the driver's sockets), jobs by status
 with their timelines, and live counts. Operators only; accounts from `dispatch
 create-operator`."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from flask import Response, jsonify
 from flask_openapi3 import APIBlueprint, Tag
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from api.bearer import current_user
@@ -26,7 +28,7 @@ from api.schemas import (
     OpsJobsQuery,
 )
 from models.accounts import User
-from models.db import redis_connection, session_scope, utcnow
+from models.db import after_commit, redis_connection, session_scope, utcnow
 from models.errors import NotFound
 from models.job_events import job_history
 from models.jobs import Job
@@ -42,14 +44,19 @@ from models.operations import (
     open_offer_counts,
     suspend_driver,
 )
+from models.rooms import driver_room
 from models.schemas import (
     DriverEventView,
+    DriverStandingView,
     JobEventView,
     LiveCountsView,
     OpsDriverView,
     as_json,
     ops_job_views,
 )
+from workers.events import emit
+
+log = logging.getLogger(__name__)
 
 bp = APIBlueprint("ops", __name__, url_prefix="/ops", abp_tags=[Tag(name="ops")])
 OPERATOR = ("operator",)
@@ -78,11 +85,33 @@ def drivers() -> Response:
     return _answer(OpsDriversAnswer(drivers=[OpsDriverView.of(s, now) for s in statuses]))
 
 
+def tell_driver_after_commit(session: Session, change: StandingChange) -> None:
+    """Once committed, the driver's open sockets hear of a change of their standing
+    (`driver:suspended`, `driver:approved`); a repeat that changed nothing tells nobody. Like
+    every socket event it may be lost, and that costs no safety: offers stop and accepts are
+    refused by the database either way."""
+    if change.event is None:
+        return
+    profile = change.driver.driver_profile
+    assert profile is not None
+    event = f"driver:{change.event.type}"
+    payload = as_json(DriverStandingView.of(profile, change.event))
+
+    def tell() -> None:
+        try:
+            emit(event, payload, [driver_room(profile.user_id)])
+        except RedisError as exc:
+            log.warning("%s not emitted to driver %s: %s", event, profile.user_id, exc)
+
+    after_commit(session, tell)
+
+
 def _change_standing(
     driver_id: int, change: Callable[[Session, int, User], StandingChange]
 ) -> Response:
     with session_scope() as session:
         done = change(session, driver_id, current_user(session, *OPERATOR))
+        tell_driver_after_commit(session, done)
     position = last_positions(redis_connection(), [driver_id]).get(driver_id)
     return _answer(OpsDriverView.of(DriverStatus(done.driver, position), utcnow()))
 

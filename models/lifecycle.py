@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -217,7 +217,8 @@ def _may_see(session: Session, user: User, job: Job) -> bool:
 def accept_job(session: Session, driver: User, job_id: int) -> Step:
     """Give a pending job to a driver it is offered to in its current round. The job row is
     taken first (losers wait on its lock, then match nothing and answer 409), then the
-    offer is checked afresh (a decline may just have committed), then the driver."""
+    offer is checked afresh (a decline may just have committed), then the driver: free, and
+    not suspended (a suspension committed meanwhile is seen: the UPDATE re-reads the row)."""
     require_role(driver, "driver")
     now = utcnow()
     row = _transition(
@@ -248,16 +249,33 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
         raise JobNotAvailable()
     claimed = session.execute(
         update(DriverProfile)
-        .where(DriverProfile.user_id == driver.id, DriverProfile.current_job_id.is_(None))
+        .where(
+            DriverProfile.user_id == driver.id,
+            DriverProfile.current_job_id.is_(None),
+            DriverProfile.suspended_at.is_(None),
+        )
         .values(current_job_id=job_id)
         .execution_options(synchronize_session=False)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        raise Conflict("You are already on a job.")
+        _refuse_claim(session, driver.id)
     event = record_event(
         session, job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
     )
     return Step(job, [event])
+
+
+def _refuse_claim(session: Session, driver_id: int) -> NoReturn:
+    """Why the driver could not take the job: suspended by an operator (403: who they are,
+    not the job, forbids it; no retry helps), or on another job (409)."""
+    suspended_at = session.scalar(
+        select(DriverProfile.suspended_at)
+        .where(DriverProfile.user_id == driver_id)
+        .execution_options(populate_existing=True)
+    )
+    if suspended_at is not None:
+        raise Forbidden("You are suspended; an operator must reinstate you to take jobs.")
+    raise Conflict("You are already on a job.")
 
 
 def arrive_job(session: Session, driver: User, job_id: int) -> Step:

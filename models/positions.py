@@ -83,7 +83,7 @@ def drivers_near(
 
 
 def eligible_drivers(session: Session, r: redis.Redis, lat: float, lng: float) -> list[Candidate]:
-    """The dispatch rule: online, approved, not on a job, and last seen within
+    """The dispatch rule: online, approved, not suspended, not on a job, and last seen within
     LOCATION_STALE_S at most DISPATCH_RADIUS_KM from the point; nearest first."""
     near = drivers_near(r, lat, lng, settings.dispatch_radius_km, settings.location_stale_s)
     if not near:
@@ -100,6 +100,7 @@ def eligible_drivers(session: Session, r: redis.Redis, lat: float, lng: float) -
                 among,
                 DriverProfile.online,
                 DriverProfile.approved,
+                DriverProfile.suspended_at.is_(None),
                 DriverProfile.current_job_id.is_(None),
             )
         )
