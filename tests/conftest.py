@@ -81,6 +81,7 @@ SQLITE_TESTS = (
     "tests/test_end_to_end.py",
     "tests/test_lifecycle_api.py",
     "tests/test_lifecycle_races.py::test_a_driver_never_both_declines_and_gets_a_job[*]",
+    "tests/test_ops_api.py",
     "tests/test_smoke_api.py",
 )
 # Tests of SQLITE_TESTS that are not run on SQLite: node id -> why.
