@@ -22,11 +22,11 @@ from models.positions import eligible_drivers
 from settings import PROJECT_ROOT
 from tests.contract import API, assert_error, assert_job, bearer, parse_time
 from tests.factories import ORIGIN, PASSWORD, Account, Factory, north_of
-from tests.processes import Process, start_gateway
+from tests.processes import BIN, start_gateway
 from tests.sockets import Listener, emit_until_seen
 from workers.events import emit
 
-DISPATCH = str(PROJECT_ROOT / ".venv" / "bin" / "dispatch")
+DISPATCH = str(BIN / "dispatch")
 OPS = f"{API}/ops"
 OPERATOR_EMAIL = "ops@example.com"
 # Every operator endpoint, with a driver id or job id of 1 (the first made in a test).
@@ -328,7 +328,6 @@ def test_live_counts(client: FlaskClient, factory: Factory, operator: dict[str, 
 
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[int]:
-    process: Process
     process, port = start_gateway(tmp_path)
     try:
         yield port
