@@ -19,12 +19,25 @@ $(JS_STAMP): tests/js/package.json tests/js/package-lock.json
 	cd tests/js && npm ci --no-audit --no-fund --loglevel=error
 	touch $(JS_STAMP)
 
+# The reference apps (/try/driver, /try/customer): web/'s packages, then its build into
+# web/dist/, which the API serves (api/pages.py).
+WEB_DEPS := web/node_modules/.installed
+WEB_BUILD := web/dist/.built
+
+$(WEB_DEPS): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $(WEB_DEPS)
+
+$(WEB_BUILD): $(WEB_DEPS) web/build.mjs $(wildcard web/src/*)
+	cd web && npm run --silent build
+	touch $(WEB_BUILD)
+
 install: $(STAMP)
 
 migrate: install
 	$(BIN)/dispatch migrate
 
-run: install
+run: install $(WEB_BUILD)
 	bin/run-stack  # development settings, a kept secret in var/, migrate, then every process
 
 lint: install
@@ -50,7 +63,7 @@ $(PROMTOOL): | $(STAMP)
 TEST_PROCESSES ?= 4
 PYTEST := $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
-test: lint typecheck $(JS_STAMP) $(PROMTOOL)
+test: lint typecheck $(JS_STAMP) $(WEB_BUILD) $(PROMTOOL)
 	$(PYTEST)
 	TEST_DATABASE=sqlite $(PYTEST) -q  # the domain and API on make run's SQLite (tests/conftest.py)
 

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Flask, Response
 from flask_openapi3 import APIBlueprint
 
-from api import auth, devices, drivers, jobs, meta, ops
+from api import auth, devices, drivers, jobs, meta, ops, pages
 from api.errors import register_error_handlers
 from api.monitoring import register_monitoring
 from api.openapi import dispatch_api, explorer_files
@@ -36,6 +36,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
         v1.register_api(module.bp)
     app.register_api(v1)
     app.register_blueprint(explorer_files(API_PREFIX))
+    app.register_blueprint(pages.bp)
     register_error_handlers(app)
     register_monitoring(app)
     app.after_request(secure_headers)
