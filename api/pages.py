@@ -1,4 +1,4 @@
-"""The reference driver app (`/try/driver`): pages on the
+"""The reference driver and customer apps (`/try/driver`, `/try/customer`): pages on the
 public contract only, built from `web/` by esbuild into `web/dist/` (`make run` and
 `make test` build it; npm is needed only there). They are served from the checkout, not
 the installed package: a production install answers 404 here."""
@@ -40,7 +40,7 @@ def content_policy() -> str:
     )
 
 
-@bp.get("/try/<any(driver):name>")
+@bp.get("/try/<any(customer, driver):name>")
 def page(name: str) -> Response:
     if not (WEB_BUILD / f"{name}.html").is_file():
         log.warning("%s is not built: `make run` or `make test` builds web/ (npm)", name)

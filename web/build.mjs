@@ -5,7 +5,7 @@
 import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import * as esbuild from "esbuild";
 
-const PAGES = ["driver"];
+const PAGES = ["customer", "driver"];
 
 rmSync("dist", { recursive: true, force: true });
 await esbuild.build({
