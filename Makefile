@@ -63,7 +63,15 @@ $(PROMTOOL): | $(STAMP)
 TEST_PROCESSES ?= 4
 PYTEST := $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
-test: lint typecheck $(JS_STAMP) $(WEB_BUILD) $(PROMTOOL)
+# Chromium for the browser test (tests/test_browser.py): Debian's package, driven by Playwright
+# through executable_path; Playwright never downloads a browser of its own.
+CHROMIUM := /usr/bin/chromium
+
+$(CHROMIUM):
+	apt-get install -y -qq chromium || { apt-get update -qq && apt-get install -y -qq chromium; } \
+		|| { echo "tests/test_browser.py needs Debian's chromium: apt-get install chromium (as root)" >&2; exit 1; }
+
+test: lint typecheck $(JS_STAMP) $(WEB_BUILD) $(PROMTOOL) $(CHROMIUM)
 	$(PYTEST)
 	TEST_DATABASE=sqlite $(PYTEST) -q  # the domain and API on make run's SQLite (tests/conftest.py)
 
