@@ -11,6 +11,7 @@ from typing import Any
 
 from alembic import context
 from alembic.runtime.migration import MigrationInfo
+from sqlalchemy import Connection
 
 import models
 from models.db import build_engine
@@ -46,17 +47,36 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _sqlite_foreign_keys(connection: Connection, on: bool) -> None:
+    """SQLite alters a table by copying it and dropping the old one (Alembic's batch mode),
+    and with foreign keys on, that DROP deletes or nulls every row referring to it (offers
+    and driver profiles lost from a `make run` database). The pragma works only outside a
+    transaction: on the driver's own connection, in autocommit (models.db sets that)."""
+    raw = connection.connection.driver_connection
+    assert raw is not None
+    raw.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+
+
 def run_online() -> None:
     engine = build_engine(url)
     with engine.connect() as connection:
+        on_sqlite = connection.dialect.name == "sqlite"
+        if on_sqlite:
+            _sqlite_foreign_keys(connection, on=False)
         context.configure(
             connection=connection,
             target_metadata=models.metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
+            render_as_batch=on_sqlite,
             on_version_apply=StepClock(),
         )
         with context.begin_transaction():
             context.run_migrations()
+            if on_sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:  # the migration itself left a dangling reference: undo it all
+                    raise RuntimeError(f"foreign keys broken by the migration: {broken[:10]}")
+        if on_sqlite:
+            _sqlite_foreign_keys(connection, on=True)
     engine.dispose()
 
 

@@ -166,9 +166,11 @@ def round_driver_ids(session: Session, job_id: int, round_: int) -> list[int]:
 
 def driver_feed(session: Session, driver: User) -> list[Offer]:
     """The pending, unexpired jobs offered to this driver in their current round and not
-    declined, newest first."""
+    declined, newest first; none while the driver is suspended (they may accept none)."""
     if not driver.is_driver:
         raise Forbidden("Only a driver has an offers feed.")
+    if driver.driver_profile is not None and driver.driver_profile.suspended:
+        return []
     return list(
         session.scalars(
             select(Offer)

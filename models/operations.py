@@ -18,7 +18,7 @@ from models.db import utcnow
 from models.errors import NotFound
 from models.jobs import ON_JOB, Job, JobStatus
 from models.offers import Offer
-from models.tracking import Position, _position, positions_key
+from models.tracking import Position, parse_position, positions_key
 
 # The statuses counted live: waiting for a driver, or held by one.
 LIVE_STATUSES = (JobStatus.pending, *ON_JOB)
@@ -142,7 +142,9 @@ def last_positions(r: redis.Redis, driver_ids: Sequence[int]) -> dict[int, Posit
     if not driver_ids:
         return {}
     raw = r.hmget(positions_key(), [str(driver_id) for driver_id in driver_ids])
-    found = {driver_id: _position(value) for driver_id, value in zip(driver_ids, raw, strict=True)}
+    found = {
+        driver_id: parse_position(value) for driver_id, value in zip(driver_ids, raw, strict=True)
+    }
     return {driver_id: where for driver_id, where in found.items() if where is not None}
 
 

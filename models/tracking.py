@@ -156,7 +156,7 @@ def sync_tracking(r: redis.Redis, job: Job, version: int, drivers: Sequence[int]
         r.eval(_SET_TARGET_SCRIPT, 1, target_key(driver_id), version, value, ttl)
 
 
-def _position(raw: str | bytes | None) -> Position | None:
+def parse_position(raw: str | bytes | None) -> Position | None:
     if not raw:
         return None
     if isinstance(raw, bytes):
@@ -172,5 +172,5 @@ def tracked_positions(r: redis.Redis, jobs: Sequence[Job]) -> dict[int, Position
     if not tracked:
         return {}
     raw = r.hmget(positions_key(), [str(j.driver_id) for j in tracked])
-    found = {job.id: _position(value) for job, value in zip(tracked, raw, strict=True)}
+    found = {job.id: parse_position(value) for job, value in zip(tracked, raw, strict=True)}
     return {job_id: where for job_id, where in found.items() if where is not None}

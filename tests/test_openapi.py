@@ -145,7 +145,7 @@ def test_path_parameters_match_each_path(document: dict[str, Any]) -> None:
         declared = [p for p in op.get("parameters", []) if p["in"] == "path"]
         assert [p["name"] for p in declared] == in_path, (method, path)
         assert all(p["required"] is True for p in declared)
-        expected = {"job_id": "integer", "token": "string"}
+        expected = {"job_id": "integer", "driver_id": "integer", "token": "string"}
         assert {p["name"]: p["schema"]["type"] for p in declared} == {
             name: expected[name] for name in in_path
         }

@@ -254,10 +254,15 @@ def test_a_suspended_driver_cannot_accept(
     job = factory.job(factory.customer())
     assert factory.offer(job["id"]) == [driver.id]
     client.post(f"{OPS}/drivers/{driver.id}/suspend", headers=operator)
+    feed = f"{API}/drivers/me/offers"
+    assert client.get(feed, headers=driver.headers).json == {"offers": []}  # nothing to take
     accept = f"{API}/jobs/{job['id']}/accept"
     assert_error(client.post(accept, headers=driver.headers), 403, "forbidden")
     assert client.get(f"{API}/jobs/{job['id']}", headers=driver.headers).json["status"] == "pending"
     client.post(f"{OPS}/drivers/{driver.id}/approve", headers=operator)
+    assert [o["job"]["id"] for o in client.get(feed, headers=driver.headers).json["offers"]] == [
+        job["id"]
+    ]
     assert client.post(accept, headers=driver.headers).status_code == 200
 
 
@@ -367,26 +372,28 @@ def test_the_drivers_socket_is_told_of_suspension_and_reinstatement(
         to_other.close()
 
 
-ROWS_OF_0003 = """
+ROWS = """
 INSERT INTO users VALUES (1, 'customer', 'c@example.com', 'h', 'C', '2026-11-01 10:00:00');
 INSERT INTO users VALUES (2, 'driver', 'd@example.com', 'h', 'D', '2026-11-01 10:00:00');
 INSERT INTO jobs (id, status, customer_id, driver_id, pickup_lat, pickup_lng, created_at,
-                  expires_at, offer_round)
-VALUES (1, 'accepted', 1, 2, 38.7, -9.1, '2026-11-01 10:00:00', '2026-11-01 10:10:00', 1);
+                  expires_at)
+VALUES (1, 'accepted', 1, 2, 38.7, -9.1, '2026-11-01 10:00:00', '2026-11-01 10:10:00');
 INSERT INTO driver_profiles (user_id, approved, online, current_job_id) VALUES (2, 1, 1, 1);
-INSERT INTO offers (job_id, driver_id, distance_km, offered_at, round)
-VALUES (1, 2, 1.0, '2026-11-01 10:00:00', 1);
+INSERT INTO offers (job_id, driver_id, distance_km, offered_at)
+VALUES (1, 2, 1.0, '2026-11-01 10:00:00');
 """
 
 
-def test_migrating_an_embedded_database_keeps_every_row(tmp_path: Path) -> None:
-    """SQLite rebuilds `users` to allow operators; the rows that cascade from it stay."""
+@pytest.mark.parametrize("since", ["0002", "0003"])
+def test_migrating_an_embedded_database_keeps_every_row(tmp_path: Path, since: str) -> None:
+    """SQLite alters a table by rebuilding it (0003: jobs and offers; 0004: users to allow
+    operators); the rows that refer to a rebuilt table all stay, with their references."""
     path = tmp_path / "embedded.sqlite3"
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
     config.attributes["url"] = f"sqlite:///{path}"
-    command.upgrade(config, "0003")
+    command.upgrade(config, since)
     with sqlite3.connect(path) as db:
-        db.executescript(ROWS_OF_0003)
+        db.executescript(ROWS)
     command.upgrade(config, "head")
     with sqlite3.connect(path) as db:
         counts = [

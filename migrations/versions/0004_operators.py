@@ -21,27 +21,11 @@ DISPATCHABLE = "online AND approved AND suspended_at IS NULL AND current_job_id 
 V3_DISPATCHABLE = "online AND approved AND current_job_id IS NULL"
 
 
-def _foreign_keys(on: bool) -> None:
-    """SQLite rebuilds `users` to change its CHECK constraint, and dropping the old table
-    with foreign keys on would delete every row that cascades from it (profiles, jobs,
-    devices). The pragma works only outside a transaction, hence the autocommit block."""
-    if op.get_bind().dialect.name == "sqlite":
-        with op.get_context().autocommit_block():
-            # On the driver's connection, after ending the empty transaction that
-            # models.db's BEGIN IMMEDIATE opened for the block's isolation-level probe.
-            sqlite = op.get_bind().connection.driver_connection
-            if sqlite.in_transaction:
-                sqlite.commit()
-            sqlite.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
-            assert sqlite.execute("PRAGMA foreign_keys").fetchone()[0] == int(on)
-
-
 def _users_roles(check: str) -> None:
-    _foreign_keys(False)
+    """On SQLite a rebuild of `users` (migrations/env.py turns foreign keys off for it)."""
     with op.batch_alter_table("users") as users:
         users.drop_constraint("ck_users_role", type_="check")
         users.create_check_constraint("ck_users_role", sa.text(check))
-    _foreign_keys(True)
 
 
 def _dispatchable_index(where: str) -> None:
