@@ -113,6 +113,13 @@ def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
     made.close()
 
 
+def open_page(context: BrowserContext, url: str) -> Page:
+    page = context.new_page()
+    answer = page.goto(url)
+    assert answer is not None and answer.ok, f"{url}: web/dist not built? (make test builds it)"
+    return page
+
+
 def sign_up(page: Page, name: str) -> None:
     page.get_by_label("Name").fill(name)
     page.get_by_label("Email").fill(f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com")
@@ -179,8 +186,7 @@ def test_a_job_from_booking_to_completed_in_the_driver_and_customer_pages(
 ) -> None:
     requested: list[str] = []
     context.on("request", lambda request: requested.append(request.url))
-    driver = context.new_page()
-    driver.goto(f"{site.url}/try/driver")
+    driver = open_page(context, f"{site.url}/try/driver")
     check_page(driver)  # the sign-up form
     sign_up(driver, "Dana")
     online = driver.get_by_label("Online: offered jobs near me")
@@ -191,8 +197,7 @@ def test_a_job_from_booking_to_completed_in_the_driver_and_customer_pages(
         re.compile(r"^Position reported: 38\.7\d+, -9\.1\d+")
     )
 
-    customer = context.new_page()
-    customer.goto(f"{site.url}/try/customer")
+    customer = open_page(context, f"{site.url}/try/customer")
     sign_up(customer, "Carl")
     click_plane(customer, 0.6, 0.4)
     customer.get_by_label("What do you need?").fill("flat tyre")
@@ -264,8 +269,7 @@ def test_the_driver_page_reloads_its_feed_when_its_socket_is_back(
     in the feed once the socket is back: the page reloads GET /drivers/me/offers on every
     connect."""
     context = browser.new_context(viewport=DESKTOP)
-    driver = context.new_page()
-    driver.goto(f"{site.url}/try/driver")
+    driver = open_page(context, f"{site.url}/try/driver")
     sign_up(driver, "Ines")
     driver.get_by_label("Online: offered jobs near me").check()
     click_plane(driver, 0.5, 0.5)
