@@ -76,7 +76,7 @@ test: lint typecheck $(JS_STAMP) $(WEB_BUILD) $(PROMTOOL) $(CHROMIUM)
 	TEST_DATABASE=sqlite $(PYTEST) -q  # the domain and API on make run's SQLite (tests/conftest.py)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache web/node_modules web/dist tests/js/node_modules
 
 bench: install
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } \
