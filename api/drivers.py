@@ -21,11 +21,16 @@ from api.schemas import (
     OffersAnswer,
 )
 from models.db import redis_connection, session_scope
-from models.drivers import driver_profile, report_location, set_availability
+from models.drivers import (
+    driver_profile,
+    position_for_operators,
+    report_location,
+    set_availability,
+)
 from models.errors import ServiceUnavailable
 from models.jobs import current_job, driver_jobs
 from models.offers import driver_feed
-from models.rooms import customer_room
+from models.rooms import OPERATORS_ROOM, customer_room
 from models.schemas import OfferView, as_json
 from workers.events import emit
 from workers.metrics import LOCATION_REPORTS
@@ -95,6 +100,9 @@ def location(body: LocationBody) -> tuple[str, int]:
         LOCATION_REPORTS.labels("rest").inc()
         if update is not None:
             emit("job:driver_location", update.payload, [customer_room(update.customer_id)])
+        seen = position_for_operators(redis_connection(), driver.id, body.lat, body.lng)
+        if seen is not None:
+            emit("ops:driver_position", seen, [OPERATORS_ROOM])
     except redis.RedisError as exc:
         raise ServiceUnavailable("Your position could not be stored; send it again.") from exc
     return "", 204

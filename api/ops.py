@@ -44,7 +44,7 @@ from models.operations import (
     open_offer_counts,
     suspend_driver,
 )
-from models.rooms import driver_room
+from models.rooms import OPERATORS_ROOM, driver_room
 from models.schemas import (
     DriverEventView,
     DriverStandingView,
@@ -87,7 +87,8 @@ def drivers() -> Response:
 
 def tell_driver_after_commit(session: Session, change: StandingChange) -> None:
     """Once committed, the driver's open sockets hear of a change of their standing
-    (`driver:suspended`, `driver:approved`); a repeat that changed nothing tells nobody. Like
+    (`driver:suspended`, `driver:approved`), and the operators' room of it as `ops:driver`
+    (the same payload); a repeat that changed nothing tells nobody. Like
     every socket event it may be lost, and that costs no safety: offers stop and accepts are
     refused by the database either way."""
     if change.event is None:
@@ -100,6 +101,7 @@ def tell_driver_after_commit(session: Session, change: StandingChange) -> None:
     def tell() -> None:
         try:
             emit(event, payload, [driver_room(profile.user_id)])
+            emit("ops:driver", payload, [OPERATORS_ROOM])
         except RedisError as exc:
             log.warning("%s not emitted to driver %s: %s", event, profile.user_id, exc)
 

@@ -14,6 +14,7 @@ What python-socketio leaves open, closed here:
   `service_unavailable` within SOCKET_CONNECT_TIMEOUT_S instead of hanging.
 - Browsers: only ALLOWED_ORIGINS, and never with credentials (sign-in is a token in the
   Socket.IO auth payload, not a cookie).
+- Operators' sockets join the operators' room only (never a customer's room).
 - Its Redis manager would resubscribe 1 … 60 s apart and tell nobody: here it resubscribes
   within RESUBSCRIBE_MAX_S of Redis answering, then sends every socket `feed:reload`."""
 
@@ -40,10 +41,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
-from models.drivers import report_location
+from models.drivers import position_for_operators, report_location
 from models.errors import Unauthorized, error_body
-from models.rooms import customer_room, driver_room, socketio_channel
+from models.rooms import OPERATORS_ROOM, customer_room, personal_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
+from models.tracking import LocationUpdate
 from settings import settings
 from workers.logs import bound
 from workers.metrics import (
@@ -423,8 +425,7 @@ async def connect(sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         raise socketio.exceptions.ConnectionRefusedError("unauthorized: auth.token is required")
     user_id, role = await _sign_in(token)
     await sio.save_session(sid, {"user_id": user_id, "role": role})
-    room = driver_room(user_id) if role == "driver" else customer_room(user_id)
-    await sio.enter_room(sid, room)
+    await sio.enter_room(sid, personal_room(role, user_id))
     SOCKETS_CONNECTED.inc()
     with bound(user_id=user_id):
         log.info("%s %s connected (%s)", role, user_id, sid)
@@ -454,18 +455,27 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
         return _rejection("validation_error", "The location is not valid.", field_reasons(exc))
     with bound(user_id=session["user_id"]):
         try:
-            update = await asyncio.to_thread(
-                report_location, redis_connection(), session["user_id"], where.lat, where.lng
-            )
+            update, seen = await asyncio.to_thread(_store_location, session["user_id"], where)
             LOCATION_REPORTS.labels("socket").inc()
             if update is not None:
                 await _relay_location(update.payload, update.customer_id)
+            if seen is not None:
+                await sio.emit("ops:driver_position", seen, room=OPERATORS_ROOM)
         except redis.RedisError:
             log.warning("location of driver %s not stored: Redis unavailable", session["user_id"])
             return _rejection(
                 "service_unavailable", "Your position could not be stored; send it again."
             )
     return {"ok": True}
+
+
+def _store_location(
+    driver_id: int, where: Coordinates
+) -> tuple[LocationUpdate | None, dict[str, Any] | None]:
+    """The report stored, with what it owes the customer and the operators (on a thread)."""
+    r = redis_connection()
+    update = report_location(r, driver_id, where.lat, where.lng)
+    return update, position_for_operators(r, driver_id, where.lat, where.lng)
 
 
 async def _relay_location(payload: dict[str, Any], customer_id: int) -> None:

@@ -1,5 +1,6 @@
 """Announcing a job's changes: offers and `job:new` for each round, then `job:accepted`,
-`job:removed` and `job:status` for every later change, and the tracking targets.
+`job:removed` and `job:status` for every later change, and the tracking targets; and to
+the operators' room, `ops:job` with the job as it is after each of them.
 
 Each function announces one `job_events` row and marks it announced in the transaction
 that read it, so a redelivered or re-driven task does nothing twice. Socket events go out
@@ -27,7 +28,7 @@ from models.job_events import (
 )
 from models.jobs import Job, JobStatus
 from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
-from models.rooms import customer_room, driver_room
+from models.rooms import OPERATORS_ROOM, customer_room, driver_room
 from models.schemas import JobView, OfferView, as_json, job_views, utc_z
 from models.tracking import sync_tracking
 from settings import settings
@@ -78,14 +79,21 @@ def _status_rooms(job: Job, event: JobEvent) -> list[str]:
     return [customer_room(job.customer_id), *(driver_room(d) for d in sorted(drivers))]
 
 
-def _announce_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -> None:
-    """`job:status` with the job as it is now, and the tracking targets to match."""
+def _announce_status(session: Session, r: redis.Redis, job: Job, event: JobEvent) -> JobView:
+    """`job:status` with the job as it is now, and the tracking targets to match; returns
+    that view."""
     last = last_step(session, job.id)
     version = max(event.id, last.id if last is not None else 0)
     drivers = [d for d in (job.driver_id, event.data.get("driver_id")) if d is not None]
     sync_tracking(r, job, version, drivers)  # first: no update may follow a final status
     [view] = job_views(r, [job])
     _emit("job:status", as_json(view), _status_rooms(job, event))
+    return view
+
+
+def _tell_operators(view: JobView) -> None:
+    """`ops:job`: the job as the announcement left it, for the operators' console."""
+    _emit("ops:job", as_json(view), [OPERATORS_ROOM])
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class OfferNotice:
     job_id: int
     offer_ids: list[int]
     events: list[tuple[str, dict[str, Any], str]]
+    job: dict[str, Any]  # the JobView, for the operators' room
     booked_at: datetime
     first_round: bool
 
@@ -111,6 +120,7 @@ def _offer_notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
         job.id,
         [offer.id for offer in offers],
         [("job:new", as_json(OfferView.of(o, view)), driver_room(o.driver_id)) for o in offers],
+        as_json(view),
         job.created_at,
         offered.data["round"] == 1,
     )
@@ -147,6 +157,8 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
         if job.offer_round == event.data.get("round", 1):
             offered = offer_round(session, r, job)
             OFFERS_PER_ROUND.observe(offered.data["count"] if offered is not None else 0)
+        if offered is None:
+            _tell_operators(JobView.of(job))  # else deliver_offers does, once they commit
         push_within = _push_within(event)
         _mark_announced(session, event, job, push_within)
         notice = _offer_notice(session, job, offered) if offered is not None else None
@@ -158,8 +170,10 @@ def deliver_offers(notice: OfferNotice) -> bool:
     moment one arrives finds the offer), then mark the offers and the `offered` event.
     Returns whether pushes are owed."""
     bind_job(notice.job_id, notice.event_id)
-    emit_each(notice.events)
+    # The operators' console reads the job's offers again on `ops:job`: they are committed.
+    emit_each([*notice.events, ("ops:job", notice.job, OPERATORS_ROOM)])
     _emitted("job:new", len(notice.events))
+    _emitted("ops:job", 1)
     push_within = settings.push_due_s if notice.offer_ids and apns_enabled() else None
     now = utcnow()
     with session_scope() as session:
@@ -198,7 +212,9 @@ def announce_change(event_id: int) -> bool:
             payload, rooms = removed
             _emit("job:removed", payload, rooms)
         if event.type != EventType.declined:
-            _announce_status(session, r, job, event)
+            _tell_operators(_announce_status(session, r, job, event))
+        else:
+            _tell_operators(JobView.of(job))
         push_within = _push_within(event)
         _mark_announced(session, event, job, push_within)
     return push_within is not None
