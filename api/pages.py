@@ -1,5 +1,6 @@
-"""The reference driver and customer apps (`/try/driver`, `/try/customer`): pages on the
-public contract only, built from `web/` by esbuild into `web/dist/` (`make run` and
+"""The reference driver and customer apps (`/try/driver`, `/try/customer`), pages on the
+public contract only, and the operators' console (`/console/`, on the ops API and the
+operators' room): built from `web/` by esbuild into `web/dist/` (`make run` and
 `make test` build it; npm is needed only there). They are served from the checkout, not
 the installed package: a production install answers 404 here."""
 
@@ -42,6 +43,15 @@ def content_policy() -> str:
 
 @bp.get("/try/<any(customer, driver):name>")
 def page(name: str) -> Response:
+    return _built_page(name)
+
+
+@bp.get("/console/")
+def console() -> Response:
+    return _built_page("console")
+
+
+def _built_page(name: str) -> Response:
     if not (WEB_BUILD / f"{name}.html").is_file():
         log.warning("%s is not built: `make run` or `make test` builds web/ (npm)", name)
     answer = send_from_directory(WEB_BUILD, f"{name}.html")
