@@ -3,14 +3,19 @@ by Playwright, on real processes (gunicorn, the gateway, the Celery workers, Pos
 Redis). A driver goes online and reports a position by clicking, a customer books by
 clicking, and the job goes from the driver's feed to `completed` on both pages; axe-core
 finds no serious accessibility problem, every control is reached with the Tab key, and the
-pages fit a phone's width.
+pages fit a phone's width. The operators' console (/console/, an operator made by
+`dispatch create-operator`) shows the driver's point and the job waiting, offered, accepted
+and completed as it happens, without loading again; a driver it suspends is offered nothing;
+it says when its connection drops, and reads everything again when it is back.
 
-UPDATE_SCREENSHOTS=1 writes docs/screenshots/ (both pages, desktop and phone) on the way."""
+UPDATE_SCREENSHOTS=1 writes docs/screenshots/ (the three pages, desktop and phone) on the
+way."""
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -288,4 +293,118 @@ def test_the_driver_page_reloads_its_feed_when_its_socket_is_back(
         site.start_gateway()
     expect(driver.locator("#live")).to_have_attribute("data-state", "connected")
     expect(driver.locator(".offer")).to_contain_text(f"Job #{job['id']}")
+    context.close()
+
+
+def create_operator(name: str) -> str:
+    """An operator made as operators are (`dispatch create-operator`); their email."""
+    email = f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com"
+    made = subprocess.run(
+        [str(BIN / "dispatch"), "create-operator", email, "--name", name, "--password-stdin"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    return email
+
+
+def open_console(context: BrowserContext, site: Site, email: str) -> Page:
+    console = open_page(context, f"{site.url}/console/")
+    console.get_by_label("Email").fill(email)
+    console.get_by_label("Password").fill(PASSWORD)
+    console.get_by_role("button", name="Sign in").click()
+    expect(console.locator("#live")).to_have_attribute("data-state", "connected")
+    return console
+
+
+def booked_job_id(customer: Page, after: int = 0) -> int:
+    """The id of the job the customer page says it booked, once it is not job `after`."""
+    message = customer.locator("#message")
+    expect(message).to_have_text(re.compile(r"^Job #\d+ booked"))
+    expect(message).not_to_have_text(f"Job #{after} booked.")
+    found = re.search(r"#(\d+)", customer.locator("#message").inner_text())
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_the_console_shows_drivers_and_jobs_live_and_suspends_a_driver(
+    site: Site, context: BrowserContext
+) -> None:
+    email = create_operator("Olga")
+    console = open_console(context, site, email)
+    console.evaluate("window.notReloaded = true")  # gone if the page loads again
+    driver = open_page(context, f"{site.url}/try/driver")
+    sign_up(driver, "Dora")
+    driver.get_by_label("Online: offered jobs near me").check()
+    expect(driver.locator("#message")).to_have_text("You are online.")
+    click_plane(driver, 0.5, 0.5)
+    dora = console.locator("#plane .marker.online", has_text="Dora")
+    expect(dora).to_have_count(1)
+    expect(console.locator("#drivers")).to_contain_text("Dora online")
+
+    customer = open_page(context, f"{site.url}/try/customer")
+    sign_up(customer, "Cleo")
+    click_plane(customer, 0.55, 0.45)
+    customer.get_by_role("button", name="Book").click()
+    job_id = booked_job_id(customer)
+    job = console.locator(f'[data-job="{job_id}"]')
+    expect(console.locator(f'#offered [data-job="{job_id}"]')).to_contain_text("offered to 1")
+
+    driver.locator(".offer").get_by_role("button", name=re.compile("^Accept job")).click()
+    expect(console.locator(f'#working [data-job="{job_id}"]')).to_have_attribute(
+        "data-status", "accepted"
+    )
+    expect(console.locator("#plane .marker.on-job", has_text="Dora")).to_have_count(1)
+    console.get_by_role("button", name=f"Job #{job_id}: accepted").click()
+    expect(console.locator("#timeline")).to_contain_text("accepted by driver")
+    check_page(console, "console")
+
+    for step in ("I have arrived", "Start the work", "Complete the job"):
+        driver.get_by_role("button", name=step).click()
+    expect(console.locator(f'#finished [data-job="{job_id}"]')).to_have_attribute(
+        "data-status", "completed"
+    )
+    expect(job).to_have_count(1)
+    expect(console.locator("#timeline")).to_contain_text("completed by driver")
+    expect(dora).to_have_count(1)  # online again, free for work
+
+    # Suspended from the console, the driver is offered nothing.
+    console.get_by_role("button", name="Suspend Dora").click()
+    expect(console.locator("#plane .marker.suspended", has_text="Dora")).to_have_count(1)
+    expect(driver.locator("#approval")).to_have_text(re.compile("^Suspended by an operator"))
+    click_plane(customer, 0.5, 0.5)
+    customer.get_by_role("button", name="Book").click()
+    unserved = booked_job_id(customer, after=job_id)
+    # On the console once the worker has announced it: no round found anyone.
+    expect(console.locator(f'#waiting [data-job="{unserved}"]')).to_have_count(1)
+    expect(driver.locator(".offer")).to_have_count(0)
+    http = HttpClient(site.url)
+    token = http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD}).json[
+        "token"
+    ]
+    pending = http.get("/api/v1/ops/jobs?status=pending", headers=bearer(token)).json["jobs"]
+    assert [(j["id"], j["offered_to"]) for j in pending] == [(unserved, 0)]
+    assert console.evaluate("window.notReloaded") is True
+
+
+def test_the_console_says_when_its_connection_drops_and_reloads_when_back(
+    site: Site, browser: Browser
+) -> None:
+    """While the gateway is down the console says so, and once it is back the board is read
+    again: a job booked meanwhile (its ops:job reached nobody) is on it."""
+    context = browser.new_context(viewport=PHONE)
+    email = create_operator("Otto")
+    console = open_console(context, site, email)
+    site.stop_gateway()
+    try:
+        expect(console.locator("#live")).to_have_attribute("data-state", "reconnecting")
+        expect(console.locator("#live")).to_have_text(re.compile("reconnecting"))
+        factory = Factory(HttpClient(site.url))
+        job = factory.job(factory.customer(), at=(38.9, -9.14))  # far: offered to nobody
+    finally:
+        site.start_gateway()
+    expect(console.locator("#live")).to_have_attribute("data-state", "connected")
+    expect(console.locator(f'[data-job="{job["id"]}"]')).to_have_count(1)
     context.close()
