@@ -76,7 +76,7 @@ def _all_heard(listener: Listener, marker: str) -> None:
 
 
 def test_an_operator_hears_each_change_of_a_job(
-    client: FlaskClient, factory: Factory, console: Listener
+    client: FlaskClient, factory: Factory, console: Listener, operator: Account
 ) -> None:
     driver = factory.driver(at=north_of(ORIGIN, 1))
     customer = factory.customer()
@@ -85,13 +85,17 @@ def test_an_operator_hears_each_change_of_a_job(
     def told(status: str) -> list[dict]:
         return [j for j in console.got("ops:job") if j["id"] == job["id"] and j["status"] == status]
 
-    console.wait_for("ops:job")
+    wait_until(lambda: told("pending"), 20, "ops:job: pending, offered")
+    # Told once the round's offers are committed: the console reads them on it.
+    [listed] = client.get(f"{API}/ops/jobs?status=pending", headers=operator.headers).json["jobs"]
+    assert (listed["id"], listed["offered_to"]) == (job["id"], 1)
     accepted = client.post(f"{API}/jobs/{job['id']}/accept", headers=driver.headers)
     assert accepted.status_code == 200, accepted.json
-    wait_until(lambda: told("accepted"), 20, "ops events")
-    assert told("pending"), console.events
+    wait_until(lambda: told("accepted"), 20, "ops:job: accepted")
     as_the_customer_sees_it = client.get(f"{API}/jobs/{job['id']}", headers=customer.headers)
     assert told("accepted") == [as_the_customer_sees_it.json]
+    _all_heard(console, "test:after")
+    assert len(told("pending")) == 1  # one ops:job for the booking and its round of offers
 
 
 def test_an_operator_is_in_no_customers_room(
@@ -121,7 +125,7 @@ def test_driver_positions_reach_operators_at_most_every_two_seconds(
 
     first = {"lat": ORIGIN[0], "lng": ORIGIN[1]}
     assert driver_socket.call("driver:location", first) == {"ok": True}
-    wait_until(positions, 20, "ops events")
+    wait_until(positions, 20, POSITION)
     time.sleep(0.5)
     _report(client, driver, north_of(ORIGIN, 0.2))
     _all_heard(console, "test:after-second")
@@ -133,7 +137,7 @@ def test_driver_positions_reach_operators_at_most_every_two_seconds(
     time.sleep(OPERATORS_SEE_POSITIONS_EVERY_S)  # the throttle's window passes
     later = north_of(ORIGIN, 0.4)
     _report(client, driver, later)
-    wait_until(lambda: len(positions()) == 2, 20, "ops events")
+    wait_until(lambda: len(positions()) == 2, 20, f"a second {POSITION}")
     assert (positions()[1]["lat"], positions()[1]["lng"]) == later
 
 
