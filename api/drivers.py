@@ -23,7 +23,6 @@ from api.schemas import (
 from models.db import redis_connection, session_scope
 from models.drivers import (
     driver_profile,
-    position_for_operators,
     report_location,
     set_availability,
 )
@@ -96,13 +95,13 @@ def location(body: LocationBody) -> tuple[str, int]:
     with session_scope() as session:
         driver = current_user(session, *DRIVER)
     try:
-        update = report_location(redis_connection(), driver.id, body.lat, body.lng)
+        report = report_location(redis_connection(), driver.id, body.lat, body.lng)
         LOCATION_REPORTS.labels("rest").inc()
+        update = report.customer_update
         if update is not None:
             emit("job:driver_location", update.payload, [customer_room(update.customer_id)])
-        seen = position_for_operators(redis_connection(), driver.id, body.lat, body.lng)
-        if seen is not None:
-            emit("ops:driver_position", seen, [OPERATORS_ROOM])
+        if report.for_operators is not None:
+            emit("ops:driver_position", report.for_operators, [OPERATORS_ROOM])
     except redis.RedisError as exc:
         raise ServiceUnavailable("Your position could not be stored; send it again.") from exc
     return "", 204

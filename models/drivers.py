@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import redis
 from sqlalchemy.orm import Session
 
 from models.accounts import DriverProfile, User
-from models.db import utcnow
 from models.errors import Forbidden
 from models.positions import forget_position
-from models.schemas import utc_z
-from models.tracking import LocationUpdate, record_position
-from settings import settings
+from models.tracking import StoredReport, record_position
 
 log = logging.getLogger(__name__)
 
 # Operators see each driver move at most this often: a console needs no more, and every
 # driver reports every few seconds.
-OPERATORS_SEE_POSITIONS_EVERY_S = 2
 
 
 def driver_profile(driver: User) -> DriverProfile:
@@ -45,22 +40,9 @@ def set_availability(session: Session, r: redis.Redis, driver: User, online: boo
     return profile.online
 
 
-def report_location(
-    r: redis.Redis, driver_id: int, lat: float, lng: float
-) -> LocationUpdate | None:
+def report_location(r: redis.Redis, driver_id: int, lat: float, lng: float) -> StoredReport:
     """A driver's position, from PUT /drivers/me/location or the gateway's `driver:location`
-    (each has checked that the caller is a driver): stored for dispatch and tracking, and
-    the `job:driver_location` their customer is due, if any."""
+    (each has checked that the caller is a driver): stored for dispatch and tracking, with
+    the `job:driver_location` their customer is due and the operators' `ops:driver_position`
+    (at most one every two seconds a driver), if any."""
     return record_position(r, driver_id, lat, lng)
-
-
-def position_for_operators(
-    r: redis.Redis, driver_id: int, lat: float, lng: float
-) -> dict[str, Any] | None:
-    """The `ops:driver_position` a stored report owes the operators' room, or None when the
-    driver's last one went out less than OPERATORS_SEE_POSITIONS_EVERY_S ago (one SET NX
-    per report, the key expiring with the interval)."""
-    key = settings.redis_key("ops", "position", driver_id)
-    if not r.set(key, 1, nx=True, ex=OPERATORS_SEE_POSITIONS_EVERY_S):
-        return None
-    return {"driver_id": driver_id, "lat": lat, "lng": lng, "at": utc_z(utcnow())}

@@ -3,7 +3,8 @@
 The hot path (a position report) touches only Redis: one script stores the position and,
 when the driver's tracking target says a customer follows them and the per-driver
 one-second throttle allows, returns that target, so the caller emits
-`job:driver_location`. No database query per report.
+`job:driver_location`; and, at most every two seconds a driver, says the operators' room is
+due the position (`ops:driver_position`). One round trip, no database query per report.
 
 Targets are written by the workers as they announce each change of a job, versioned by
 the id of the job's latest status event: a late writer never overwrites a newer state.
@@ -27,18 +28,23 @@ from settings import settings
 
 EARTH_RADIUS_KM = 6371.0088
 UPDATES_EVERY_MS = 1000
+OPERATORS_SEE_POSITIONS_EVERY_MS = 2000
 TOMBSTONE_TTL_S = 24 * 3600
 
-# KEYS: geo, seen, exact positions, the driver's target, the driver's throttle.
-# ARGV: lng, indexable lat, driver id, now (epoch s), "lat,lng,now", throttle ms.
+# KEYS: geo, seen, exact positions, the driver's target, the driver's throttle, the
+# operators' throttle for the driver.
+# ARGV: lng, indexable lat, driver id, now (epoch s), "lat,lng,now", throttle ms, operators'
+# throttle ms. Returns {the target if the customer is due an update, 1 if the operators are}.
 _REPORT_SCRIPT = """
 redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
+local operators = 0
+if redis.call('SET', KEYS[6], 1, 'PX', ARGV[7], 'NX') then operators = 1 end
 local target = redis.call('GET', KEYS[4])
-if not target or string.sub(target, 1, 1) ~= '{' then return false end
-if redis.call('SET', KEYS[5], 1, 'PX', ARGV[6], 'NX') then return target end
-return false
+if not target or string.sub(target, 1, 1) ~= '{' then return {false, operators} end
+if redis.call('SET', KEYS[5], 1, 'PX', ARGV[6], 'NX') then return {target, operators} end
+return {false, operators}
 """
 
 # KEYS: the driver's target. ARGV: version, value, ttl seconds (0: none).
@@ -73,6 +79,15 @@ class LocationUpdate:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class StoredReport:
+    """What a stored position owes: the customer's `job:driver_location`, the operators'
+    `ops:driver_position` (each None when not due)."""
+
+    customer_update: LocationUpdate | None
+    for_operators: dict[str, Any] | None
+
+
 def positions_key() -> str:
     return settings.redis_key("drivers", "position")
 
@@ -83,6 +98,10 @@ def target_key(driver_id: int) -> str:
 
 def throttle_key(driver_id: int) -> str:
     return settings.redis_key("tracking", driver_id, "throttle")
+
+
+def operators_throttle_key(driver_id: int) -> str:
+    return settings.redis_key("ops", "position", driver_id)
 
 
 def great_circle_km(lat1: float, lng1: float, lat2: float, lng2: float) -> float:
@@ -97,29 +116,35 @@ def _utc_z(epoch_s: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def record_position(
-    r: redis.Redis, driver_id: int, lat: float, lng: float
-) -> LocationUpdate | None:
+def record_position(r: redis.Redis, driver_id: int, lat: float, lng: float) -> StoredReport:
     """Store a driver's position (geo index, report time, exact last position) in one round
-    trip; returns the update their customer is due, if any."""
+    trip; returns what their customer and the operators are due."""
     now = time.time()
-    target = r.eval(
+    target, operators = r.eval(
         _REPORT_SCRIPT,
-        5,
+        6,
         geo_key(),
         seen_key(),
         positions_key(),
         target_key(driver_id),
         throttle_key(driver_id),
+        operators_throttle_key(driver_id),
         lng,
         indexable_lat(lat),
         driver_id,
         now,
         f"{lat!r},{lng!r},{now!r}",
         UPDATES_EVERY_MS,
+        OPERATORS_SEE_POSITIONS_EVERY_MS,
     )
-    if not target:
-        return None
+    seen = {"driver_id": driver_id, "lat": lat, "lng": lng, "at": _utc_z(now)}
+    return StoredReport(
+        _customer_update(target, lat, lng, now) if target else None,
+        seen if operators else None,
+    )
+
+
+def _customer_update(target: str | bytes, lat: float, lng: float, now: float) -> LocationUpdate:
     goal = json.loads(target)
     return LocationUpdate(
         customer_id=goal["customer_id"],

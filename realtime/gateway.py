@@ -41,11 +41,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
-from models.drivers import position_for_operators, report_location
+from models.drivers import report_location
 from models.errors import Unauthorized, error_body
 from models.rooms import OPERATORS_ROOM, customer_room, personal_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
-from models.tracking import LocationUpdate
 from settings import settings
 from workers.logs import bound
 from workers.metrics import (
@@ -455,27 +454,21 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
         return _rejection("validation_error", "The location is not valid.", field_reasons(exc))
     with bound(user_id=session["user_id"]):
         try:
-            update, seen = await asyncio.to_thread(_store_location, session["user_id"], where)
+            report = await asyncio.to_thread(
+                report_location, redis_connection(), session["user_id"], where.lat, where.lng
+            )
             LOCATION_REPORTS.labels("socket").inc()
+            update = report.customer_update
             if update is not None:
                 await _relay_location(update.payload, update.customer_id)
-            if seen is not None:
-                await sio.emit("ops:driver_position", seen, room=OPERATORS_ROOM)
+            if report.for_operators is not None:
+                await sio.emit("ops:driver_position", report.for_operators, room=OPERATORS_ROOM)
         except redis.RedisError:
             log.warning("location of driver %s not stored: Redis unavailable", session["user_id"])
             return _rejection(
                 "service_unavailable", "Your position could not be stored; send it again."
             )
     return {"ok": True}
-
-
-def _store_location(
-    driver_id: int, where: Coordinates
-) -> tuple[LocationUpdate | None, dict[str, Any] | None]:
-    """The report stored, with what it owes the customer and the operators (on a thread)."""
-    r = redis_connection()
-    update = report_location(r, driver_id, where.lat, where.lng)
-    return update, position_for_operators(r, driver_id, where.lat, where.lng)
 
 
 async def _relay_location(payload: dict[str, Any], customer_id: int) -> None:

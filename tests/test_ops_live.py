@@ -16,8 +16,8 @@ from flask.testing import FlaskClient
 
 from models.accounts import Role, register_user
 from models.db import session_scope
-from models.drivers import OPERATORS_SEE_POSITIONS_EVERY_S
 from models.rooms import OPERATORS_ROOM, customer_room
+from models.tracking import OPERATORS_SEE_POSITIONS_EVERY_MS
 from tests.contract import API
 from tests.factories import ORIGIN, PASSWORD, Account, Factory, north_of
 from tests.processes import start_gateway, start_workers, wait_until
@@ -134,7 +134,7 @@ def test_driver_positions_reach_operators_at_most_every_two_seconds(
     assert seen.keys() == {"driver_id", "lat", "lng", "at"}
     assert (seen["lat"], seen["lng"]) == ORIGIN
 
-    time.sleep(OPERATORS_SEE_POSITIONS_EVERY_S)  # the throttle's window passes
+    time.sleep(OPERATORS_SEE_POSITIONS_EVERY_MS / 1000)  # the throttle's window passes
     later = north_of(ORIGIN, 0.4)
     _report(client, driver, later)
     wait_until(lambda: len(positions()) == 2, 20, f"a second {POSITION}")

@@ -613,7 +613,7 @@ def _job_at(status: JobStatus, dropoff: tuple[float, float] | None, driver_id: i
 def _distance_due(r: redis.Redis, driver_id: int, where: tuple[float, float]) -> float | None:
     """What a report from `where` sends the customer now (the throttle cleared first)."""
     r.delete(throttle_key(driver_id))
-    update = record_position(r, driver_id, *where)
+    update = record_position(r, driver_id, *where).customer_update
     if update is None:
         return None
     assert update.customer_id == 3 and update.payload["job_id"] == 41
@@ -673,7 +673,7 @@ def test_a_late_announcement_never_overwrites_a_newer_target() -> None:
 def test_the_throttle_lets_one_report_a_second_through() -> None:
     r = redis_connection()
     sync_tracking(r, _job_at(JobStatus.accepted, None), 1, [7])
-    assert record_position(r, 7, *HERE) is not None
-    assert record_position(r, 7, *ORIGIN) is None
+    assert record_position(r, 7, *HERE).customer_update is not None
+    assert record_position(r, 7, *ORIGIN).customer_update is None
     assert 900 < r.pttl(throttle_key(7)) <= 1000  # held back for a second
-    assert record_position(r, 8, *HERE) is None  # another driver, untracked
+    assert record_position(r, 8, *HERE).customer_update is None  # another driver, untracked
