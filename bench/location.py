@@ -77,7 +77,9 @@ from models.positions import geo_key, indexable_lat, seen_key
 from models.rooms import customer_room
 from models.tracking import (
     _REPORT_SCRIPT,
+    OPERATORS_SEE_POSITIONS_EVERY_MS,
     UPDATES_EVERY_MS,
+    operators_throttle_key,
     positions_key,
     record_position,
     sync_tracking,
@@ -560,8 +562,23 @@ class _CountingConnection(redis.Connection):
 
 def _report_args(driver_id: int, lat: float, lng: float) -> tuple[list[str], list[Any]]:
     now = time.time()
-    keys = [geo_key(), seen_key(), positions_key(), target_key(driver_id), throttle_key(driver_id)]
-    args = [lng, indexable_lat(lat), driver_id, now, f"{lat!r},{lng!r},{now!r}", UPDATES_EVERY_MS]
+    keys = [
+        geo_key(),
+        seen_key(),
+        positions_key(),
+        target_key(driver_id),
+        throttle_key(driver_id),
+        operators_throttle_key(driver_id),
+    ]
+    args = [
+        lng,
+        indexable_lat(lat),
+        driver_id,
+        now,
+        f"{lat!r},{lng!r},{now!r}",
+        UPDATES_EVERY_MS,
+        OPERATORS_SEE_POSITIONS_EVERY_MS,
+    ]
     return keys, args
 
 
