@@ -3,6 +3,7 @@ feed, and the jobs they have held."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import redis
@@ -33,6 +34,8 @@ from models.rooms import OPERATORS_ROOM, customer_room
 from models.schemas import OfferView, as_json
 from workers.events import emit
 from workers.metrics import LOCATION_REPORTS
+
+log = logging.getLogger(__name__)
 
 bp = APIBlueprint("drivers", __name__, url_prefix="/drivers/me", abp_tags=[Tag(name="drivers")])
 DRIVER = ("driver",)
@@ -77,7 +80,14 @@ def me() -> Response:
 def availability(body: AvailabilityBody) -> Response:
     with session_scope() as session:
         driver = current_user(session, *DRIVER)
+        driver_id = driver.id
         online = set_availability(session, redis_connection(), driver, body.online)
+    try:  # the console's board, live; it reads the drivers again on every connect
+        emit(
+            "ops:driver_availability", {"driver_id": driver_id, "online": online}, [OPERATORS_ROOM]
+        )
+    except redis.RedisError as exc:
+        log.warning("ops:driver_availability of driver %s not emitted: %s", driver_id, exc)
     return jsonify(as_json(AvailabilityAnswer(online=online)))
 
 

@@ -141,6 +141,22 @@ def test_driver_positions_reach_operators_at_most_every_two_seconds(
     assert (positions()[1]["lat"], positions()[1]["lng"]) == later
 
 
+def test_an_operator_hears_a_driver_go_online_and_offline(
+    client: FlaskClient, factory: Factory, console: Listener
+) -> None:
+    driver = factory.driver(online=False)
+    for online in (True, False):
+        answer = client.put(
+            f"{API}/drivers/me/availability", json={"online": online}, headers=driver.headers
+        )
+        assert answer.status_code == 200, answer.json
+    heard = console.wait_for("ops:driver_availability", count=2)
+    assert [h for h in heard if h["driver_id"] == driver.id] == [
+        {"driver_id": driver.id, "online": True},
+        {"driver_id": driver.id, "online": False},
+    ]
+
+
 def test_an_operator_hears_a_driver_suspended(
     client: FlaskClient, factory: Factory, console: Listener, operator: Account
 ) -> None:

@@ -2,7 +2,8 @@
 // offered, in progress and just finished, with their ages; live counts; a job's timeline;
 // approve and suspend. The state is read over REST (/api/v1/ops/…) on every connect, then
 // kept live by the operators' room: `ops:job` (a job after each change), `ops:driver_position`
-// (at most one per driver every 2 s) and `ops:driver` (suspended or approved).
+// (at most one per driver every 2 s), `ops:driver` (suspended or approved) and
+// `ops:driver_availability` (online or offline).
 import { call, describe } from "./api.js";
 import { ACTIVE, clock, isNewer, node } from "./jobs.js";
 import { connectLive, stateShower } from "./live.js";
@@ -258,6 +259,16 @@ function standingChanged({ driver_id: driverId, approved, suspended }) {
   readSoon("counts");
 }
 
+// A driver went online or offline (offline drops their position too).
+function availabilityChanged({ driver_id: driverId, online }) {
+  const driver = drivers.get(driverId);
+  if (!driver) return readSoon("drivers");
+  driver.online = online;
+  if (!online) driver.position = null;
+  renderDrivers();
+  readSoon("counts");
+}
+
 async function changeStanding(driverId, action) {
   try {
     const changed = await api("POST", `/ops/drivers/${driverId}/${action}`);
@@ -279,7 +290,12 @@ async function start(signedIn) {
   socket = await connectLive(session.token, {
     reload,
     showState: (state, text) => showLive(state, text.replace("Live feed", "Live")),
-    events: { "ops:job": jobChanged, "ops:driver_position": driverMoved, "ops:driver": standingChanged },
+    events: {
+      "ops:job": jobChanged,
+      "ops:driver_position": driverMoved,
+      "ops:driver": standingChanged,
+      "ops:driver_availability": availabilityChanged,
+    },
   });
 }
 
