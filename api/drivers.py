@@ -22,11 +22,7 @@ from api.schemas import (
     OffersAnswer,
 )
 from models.db import redis_connection, session_scope
-from models.drivers import (
-    driver_profile,
-    report_location,
-    set_availability,
-)
+from models.drivers import driver_profile, report_location, set_availability
 from models.errors import ServiceUnavailable
 from models.jobs import current_job, driver_jobs
 from models.offers import driver_feed

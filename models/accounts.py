@@ -14,11 +14,11 @@ from typing import Any
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Index, Integer, String, select
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.db import Base, UTCDateTime, partial_index, utcnow
+from models.db import Base, UTCDateTime, one_of, partial_index, utcnow
 from models.errors import Conflict, ServiceUnavailable, Unauthorized
 from settings import settings
 
@@ -96,9 +96,7 @@ class Role(StrEnum):
 
 class User(Base):
     __tablename__ = "users"
-    __table_args__ = (
-        CheckConstraint("role IN ('customer', 'driver', 'operator')", name="ck_users_role"),
-    )
+    __table_args__ = (one_of("role", Role, "ck_users_role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     role: Mapped[str] = mapped_column(String(16))
@@ -163,7 +161,7 @@ class DriverEvent(Base):
 
     __tablename__ = "driver_events"
     __table_args__ = (
-        CheckConstraint("type IN ('approved', 'suspended')", name="ck_driver_events_type"),
+        one_of("type", DriverEventType, "ck_driver_events_type"),
         Index("ix_driver_events_driver", "driver_id", "id"),
     )
 

@@ -5,12 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, DateTime, Engine, Index, create_engine, event, text
+from sqlalchemy import (
+    CheckConstraint,
+    Connection,
+    DateTime,
+    Engine,
+    Index,
+    create_engine,
+    event,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -45,6 +55,13 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     pass
+
+
+def one_of(column: str, values: type[StrEnum], name: str) -> CheckConstraint:
+    """The column holds one of the enum's values: the database's CHECK, made from the enum
+    the code uses, so the two cannot drift apart."""
+    listed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=name)
 
 
 def partial_index(name: str, column: str, where: str) -> Index:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, utcnow
+from models.db import Base, UTCDateTime, one_of, utcnow
 from models.errors import NotFound
 
 
@@ -30,7 +30,7 @@ class Environment(StrEnum):
 class DeviceToken(Base):
     __tablename__ = "device_tokens"
     __table_args__ = (
-        CheckConstraint("environment IN ('production', 'sandbox')", name="ck_device_env"),
+        one_of("environment", Environment, "ck_device_env"),
         CheckConstraint("platform IN ('ios')", name="ck_device_platform"),
     )
 

@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
-    CheckConstraint,
     ForeignKey,
     Index,
     Integer,
@@ -27,7 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, partial_index, utcnow
+from models.db import Base, UTCDateTime, one_of, partial_index, utcnow
 
 
 class EventType(StrEnum):
@@ -58,11 +57,7 @@ STATUS_STEPS = (
 class JobEvent(Base):
     __tablename__ = "job_events"
     __table_args__ = (
-        CheckConstraint(
-            "type IN ('created', 'offered', 'accepted', 'arrived', 'started', 'completed',"
-            " 'released', 'declined', 'cancelled', 'expired')",
-            name="ck_job_events_type",
-        ),
+        one_of("type", EventType, "ck_job_events_type"),
         Index("ix_job_events_job", "job_id", "id"),
         partial_index("ix_job_events_unannounced", "id", "announced_at IS NULL"),
         partial_index("ix_job_events_push_due", "push_due_at", "push_due_at IS NOT NULL"),

@@ -8,7 +8,6 @@ from datetime import datetime
 from enum import StrEnum
 
 from sqlalchemy import (
-    CheckConstraint,
     Float,
     ForeignKey,
     Index,
@@ -21,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, utcnow
+from models.db import Base, UTCDateTime, one_of, utcnow
 from models.errors import Forbidden
 
 
@@ -50,11 +49,7 @@ class Place:
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(
-            "status IN ('pending', 'accepted', 'arrived', 'in_progress', 'completed',"
-            " 'cancelled', 'expired')",
-            name="ck_jobs_status",
-        ),
+        one_of("status", JobStatus, "ck_jobs_status"),
         UniqueConstraint("customer_id", "idempotency_key", name="uq_jobs_customer_idempotency"),
         Index("ix_jobs_status_expires", "status", "expires_at"),
         Index("ix_jobs_customer_created", "customer_id", "created_at"),

@@ -9,7 +9,6 @@ from enum import StrEnum
 
 import redis
 from sqlalchemy import (
-    CheckConstraint,
     Float,
     ForeignKey,
     Integer,
@@ -23,7 +22,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, lazyload, mapped_column, relationship
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, utcnow
+from models.db import Base, UTCDateTime, one_of, utcnow
 from models.errors import Forbidden, NotFound
 from models.job_events import EventType, JobEvent, record_event
 from models.jobs import Job, JobStatus
@@ -43,9 +42,7 @@ class Offer(Base):
     __tablename__ = "offers"
     __table_args__ = (
         UniqueConstraint("job_id", "driver_id", name="uq_offers_job_driver"),
-        CheckConstraint(
-            "closed_reason IN ('declined', 'released')", name="ck_offers_closed_reason"
-        ),
+        one_of("closed_reason", OfferClosed, "ck_offers_closed_reason"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
