@@ -19,7 +19,7 @@ from gunicorn import glogging
 
 from settings import settings
 from workers.logs import ContextFilter, JsonFormatter, close_context, log_ids, open_context
-from workers.metrics import REQUEST_SECONDS, REQUESTS, exposition, scrape_allowed
+from workers.metrics import REQUEST_SECONDS, REQUESTS, scrape
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +79,8 @@ def _end_request(_: BaseException | None) -> None:
 
 
 def metrics() -> Response:
-    if not scrape_allowed(request.headers.get("Authorization")):
-        return Response(
-            "operators only\n",
-            401,
-            {"WWW-Authenticate": 'Basic realm="dispatch metrics"'},
-            mimetype="text/plain",
-        )
-    body, content_type = exposition()
-    return Response(body, 200, content_type=content_type)
+    status, headers, body = scrape(request.headers.get("Authorization"))
+    return Response(body, status, headers)
 
 
 def register_monitoring(app: Flask) -> None:

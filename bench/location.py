@@ -73,18 +73,13 @@ from sqlalchemy import event, text
 from bench.data import add_users, summary_ms, token_for
 from models.db import engine, redis_connection, session_scope
 from models.jobs import Job
-from models.positions import geo_key, indexable_lat, seen_key
 from models.rooms import customer_room
 from models.tracking import (
     _REPORT_SCRIPT,
-    OPERATORS_SEE_POSITIONS_EVERY_MS,
     UPDATES_EVERY_MS,
-    operators_throttle_key,
-    positions_key,
     record_position,
+    report_script_call,
     sync_tracking,
-    target_key,
-    throttle_key,
 )
 from settings import settings
 from tests.processes import Process, start_gateway
@@ -561,25 +556,7 @@ class _CountingConnection(redis.Connection):
 
 
 def _report_args(driver_id: int, lat: float, lng: float) -> tuple[list[str], list[Any]]:
-    now = time.time()
-    keys = [
-        geo_key(),
-        seen_key(),
-        positions_key(),
-        target_key(driver_id),
-        throttle_key(driver_id),
-        operators_throttle_key(driver_id),
-    ]
-    args = [
-        lng,
-        indexable_lat(lat),
-        driver_id,
-        now,
-        f"{lat!r},{lng!r},{now!r}",
-        UPDATES_EVERY_MS,
-        OPERATORS_SEE_POSITIONS_EVERY_MS,
-    ]
-    return keys, args
+    return report_script_call(driver_id, lat, lng, time.time())
 
 
 def _redis_floor(drivers: Sequence[int], customers: dict[int, int]) -> dict[str, Any]:

@@ -118,6 +118,12 @@ class DriverLocationView(BaseModel):
     lng: float
     at: UTCTime
 
+    @classmethod
+    def of(cls, position: Position | None) -> DriverLocationView | None:
+        if position is None:
+            return None
+        return cls(lat=position.lat, lng=position.lng, at=position.at)
+
 
 class JobView(BaseModel):
     id: int
@@ -158,11 +164,7 @@ class JobView(BaseModel):
             completed_at=job.completed_at,
             cancelled_at=job.cancelled_at,
             cancelled_by=job.cancelled_by,
-            driver_location=(
-                DriverLocationView(lat=driver_at.lat, lng=driver_at.lng, at=driver_at.at)
-                if driver_at is not None
-                else None
-            ),
+            driver_location=DriverLocationView.of(driver_at),
         )
 
 
@@ -246,9 +248,7 @@ class OpsDriverView(BaseModel):
             suspended=profile.suspended,
             suspended_at=profile.suspended_at,
             current_job_id=profile.current_job_id,
-            position=(
-                DriverLocationView(lat=where.lat, lng=where.lng, at=where.at) if where else None
-            ),
+            position=DriverLocationView.of(where),
             position_age_s=_age_s(where.at, now) if where else None,
         )
 

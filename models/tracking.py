@@ -116,19 +116,20 @@ def _utc_z(epoch_s: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def record_position(r: redis.Redis, driver_id: int, lat: float, lng: float) -> StoredReport:
-    """Store a driver's position (geo index, report time, exact last position) in one round
-    trip; returns what their customer and the operators are due."""
-    now = time.time()
-    target, operators = r.eval(
-        _REPORT_SCRIPT,
-        6,
+def report_script_call(
+    driver_id: int, lat: float, lng: float, now: float
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of _REPORT_SCRIPT for one report (the benchmark EVALSHAs it
+    with the same ones)."""
+    keys = [
         geo_key(),
         seen_key(),
         positions_key(),
         target_key(driver_id),
         throttle_key(driver_id),
         operators_throttle_key(driver_id),
+    ]
+    args = [
         lng,
         indexable_lat(lat),
         driver_id,
@@ -136,7 +137,16 @@ def record_position(r: redis.Redis, driver_id: int, lat: float, lng: float) -> S
         f"{lat!r},{lng!r},{now!r}",
         UPDATES_EVERY_MS,
         OPERATORS_SEE_POSITIONS_EVERY_MS,
-    )
+    ]
+    return keys, args
+
+
+def record_position(r: redis.Redis, driver_id: int, lat: float, lng: float) -> StoredReport:
+    """Store a driver's position (geo index, report time, exact last position) in one round
+    trip; returns what their customer and the operators are due."""
+    now = time.time()
+    keys, args = report_script_call(driver_id, lat, lng, now)
+    target, operators = r.eval(_REPORT_SCRIPT, len(keys), *keys, *args)
     seen = {"driver_id": driver_id, "lat": lat, "lng": lng, "at": _utc_z(now)}
     return StoredReport(
         _customer_update(target, lat, lng, now) if target else None,

@@ -52,8 +52,7 @@ from workers.metrics import (
     LOCATION_REPORTS,
     SOCKET_EVENTS,
     SOCKETS_CONNECTED,
-    exposition,
-    scrape_allowed,
+    scrape,
 )
 
 log = logging.getLogger(__name__)
@@ -357,15 +356,8 @@ async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         status, headers, body = 404, [(b"content-type", b"text/plain")], b"not found\n"
     else:
         authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        if scrape_allowed(authorization):
-            body, content_type = exposition()
-            status, headers = 200, [(b"content-type", content_type.encode())]
-        else:
-            status, body = 401, b"operators only\n"
-            headers = [
-                (b"content-type", b"text/plain"),
-                (b"www-authenticate", b'Basic realm="dispatch metrics"'),
-            ]
+        status, answer_headers, body = scrape(authorization)
+        headers = [(name.lower().encode(), value.encode()) for name, value in answer_headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -260,6 +260,19 @@ INVALID_REQUESTS = [
 ]
 
 
+def _send(
+    client: FlaskClient, method: str, path: str, body: Any, headers: dict[str, str]
+) -> TestResponse:
+    """An INVALID_REQUESTS entry as sent: a string body as raw bytes, anything else as JSON."""
+    return client.open(
+        API + path,
+        method=method,
+        headers=headers,
+        **({"data": body} if isinstance(body, str) else {"json": body}),
+        content_type="application/json",
+    )
+
+
 @pytest.mark.parametrize(("method", "path", "body", "headers"), INVALID_REQUESTS)
 def test_an_invalid_request_without_a_valid_token_is_401_not_422(
     client: FlaskClient, factory: Factory, method: str, path: str, body: Any, headers: dict
@@ -267,13 +280,7 @@ def test_an_invalid_request_without_a_valid_token_is_401_not_422(
     job = factory.job(factory.customer())
     before = stored_state()
     for authorization in ({}, {"Authorization": "Bearer not-a-token"}):
-        answer = client.open(
-            API + path.format(job=job["id"]),
-            method=method,
-            headers={**headers, **authorization},
-            **({"data": body} if isinstance(body, str) else {"json": body}),
-            content_type="application/json",
-        )
+        answer = _send(client, method, path.format(job=job["id"]), body, headers | authorization)
         assert_error(answer, 401, "unauthorized")
     assert stored_state() == before
 
@@ -291,13 +298,7 @@ def test_an_invalid_request_in_the_wrong_role_is_403_and_in_the_right_one_422(
     for caller, status, code in ((wrong, 403, "forbidden"), (right, 422, "validation_error")):
         if caller is None:
             continue
-        answer = client.open(
-            API + path.format(job=job["id"]),
-            method=method,
-            headers={**headers, **caller.headers},
-            **({"data": body} if isinstance(body, str) else {"json": body}),
-            content_type="application/json",
-        )
+        answer = _send(client, method, path.format(job=job["id"]), body, headers | caller.headers)
         if code == "validation_error":
             assert answer.status_code == 422, answer.get_json()
         else:

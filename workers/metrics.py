@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -137,21 +138,22 @@ def scrape_allowed(authorization: str | None) -> bool:
     return hmac.compare_digest(given, expected.encode())
 
 
+def scrape(authorization: str | None) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to GET /metrics, whichever server asks: status, headers and body; a 401
+    asking for basic auth unless `authorization` carries the operators' password."""
+    if not scrape_allowed(authorization):
+        challenge = ("WWW-Authenticate", 'Basic realm="dispatch metrics"')
+        return 401, [("Content-Type", "text/plain"), challenge], b"operators only\n"
+    body, content_type = exposition()
+    return 200, [("Content-Type", content_type)], body
+
+
 def _scrape_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     if environ.get("PATH_INFO") != "/metrics":
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
-    if not scrape_allowed(environ.get("HTTP_AUTHORIZATION")):
-        start_response(
-            "401 Unauthorized",
-            [
-                ("Content-Type", "text/plain"),
-                ("WWW-Authenticate", 'Basic realm="dispatch metrics"'),
-            ],
-        )
-        return [b"operators only\n"]
-    body, content_type = exposition()
-    start_response("200 OK", [("Content-Type", content_type)])
+    status, headers, body = scrape(environ.get("HTTP_AUTHORIZATION"))
+    start_response(f"{status} {HTTPStatus(status).phrase}", headers)
     return [body]
 
 
