@@ -39,7 +39,6 @@ from models.operations import (
     driver_history,
     driver_statuses,
     jobs_by_status,
-    last_positions,
     live_counts,
     open_offer_counts,
     suspend_driver,
@@ -54,6 +53,7 @@ from models.schemas import (
     as_json,
     ops_job_views,
 )
+from models.tracking import last_positions
 from workers.events import emit
 
 log = logging.getLogger(__name__)

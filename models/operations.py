@@ -18,7 +18,7 @@ from models.db import utcnow
 from models.errors import NotFound
 from models.jobs import ON_JOB, Job, JobStatus
 from models.offers import Offer
-from models.tracking import Position, parse_position, positions_key
+from models.tracking import Position, last_positions
 
 # The statuses counted live: waiting for a driver, or held by one.
 LIVE_STATUSES = (JobStatus.pending, *ON_JOB)
@@ -135,17 +135,6 @@ def driver_history(session: Session, driver_id: int) -> list[DriverEvent]:
             select(DriverEvent).where(DriverEvent.driver_id == driver_id).order_by(DriverEvent.id)
         )
     )
-
-
-def last_positions(r: redis.Redis, driver_ids: Sequence[int]) -> dict[int, Position]:
-    """Each driver's last reported position, by driver id (one Redis call for all)."""
-    if not driver_ids:
-        return {}
-    raw = r.hmget(positions_key(), [str(driver_id) for driver_id in driver_ids])
-    found = {
-        driver_id: parse_position(value) for driver_id, value in zip(driver_ids, raw, strict=True)
-    }
-    return {driver_id: where for driver_id, where in found.items() if where is not None}
 
 
 def driver_statuses(session: Session, r: redis.Redis) -> list[DriverStatus]:

@@ -191,7 +191,7 @@ def sync_tracking(r: redis.Redis, job: Job, version: int, drivers: Sequence[int]
         r.eval(_SET_TARGET_SCRIPT, 1, target_key(driver_id), version, value, ttl)
 
 
-def parse_position(raw: str | bytes | None) -> Position | None:
+def _parse_position(raw: str | bytes | None) -> Position | None:
     if not raw:
         return None
     if isinstance(raw, bytes):
@@ -200,12 +200,21 @@ def parse_position(raw: str | bytes | None) -> Position | None:
     return Position(float(lat), float(lng), datetime.fromtimestamp(float(at), UTC))
 
 
+def last_positions(r: redis.Redis, driver_ids: Sequence[int]) -> dict[int, Position]:
+    """Each driver's last reported position, by driver id (one Redis call for all, none for
+    no driver)."""
+    if not driver_ids:
+        return {}
+    raw = r.hmget(positions_key(), [str(driver_id) for driver_id in driver_ids])
+    found = {
+        driver_id: _parse_position(value) for driver_id, value in zip(driver_ids, raw, strict=True)
+    }
+    return {driver_id: where for driver_id, where in found.items() if where is not None}
+
+
 def tracked_positions(r: redis.Redis, jobs: Sequence[Job]) -> dict[int, Position]:
     """The assigned driver's last position for each job on which a driver is working,
     by job id (one Redis call for all of them, none when no job is tracked)."""
-    tracked = [j for j in jobs if j.status in ON_JOB and j.driver_id is not None]
-    if not tracked:
-        return {}
-    raw = r.hmget(positions_key(), [str(j.driver_id) for j in tracked])
-    found = {job.id: parse_position(value) for job, value in zip(tracked, raw, strict=True)}
-    return {job_id: where for job_id, where in found.items() if where is not None}
+    drivers = {j.id: j.driver_id for j in jobs if j.status in ON_JOB and j.driver_id is not None}
+    found = last_positions(r, list(drivers.values()))
+    return {job_id: found[driver] for job_id, driver in drivers.items() if driver in found}
