@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
 
 from kombu.exceptions import OperationalError as BrokerUnavailable
 from redis.exceptions import RedisError
@@ -36,13 +35,6 @@ RELAY_HOLD_S = 5  # short: a re-driven copy lost with a second dying worker is s
 RELAY_BATCH = 500
 SWEEP_EVERY_S = max(1.0, settings.relay_after_s / 2)
 UNREACHABLE = (RedisError, BrokerUnavailable, DatabaseUnavailable, OSError)
-
-
-@dataclass(frozen=True)
-class Findings:
-    announcements: int
-    pushes: int
-    expired: int
 
 
 def _claim_relay(kind: str, event_id: int) -> bool:
@@ -73,8 +65,9 @@ def expire_jobs() -> int:
     return len(expired)
 
 
-def sweep() -> Findings:
-    """One pass: what it re-drove and expired (a task for each), logged only if anything."""
+def sweep() -> None:
+    """One pass: re-drive what is overdue and expire what is due (a task for each), logged
+    only if anything."""
     announcements = overdue_announcements()
     announce(announcements)
     pushes = overdue_pushes()
@@ -84,7 +77,7 @@ def sweep() -> Findings:
     SWEEP_REDRIVEN.labels("push").inc(len(pushes))
     if announcements or pushes:
         log.warning("re-driving %d announcements and %d pushes", len(announcements), len(pushes))
-    return Findings(len(announcements), len(pushes), expire_jobs())
+    expire_jobs()
 
 
 def sweep_until(stopped: threading.Event, every_s: float = SWEEP_EVERY_S) -> None:
