@@ -77,7 +77,7 @@ def availability(body: AvailabilityBody) -> Response:
     with session_scope() as session:
         driver = current_user(session, *DRIVER)
         driver_id = driver.id
-        online = set_availability(session, redis_connection(), driver, body.online)
+        online = set_availability(session, driver, body.online)
     try:  # the console's board, live; it reads the drivers again on every connect
         emit(
             "ops:driver_availability", {"driver_id": driver_id, "online": online}, [OPERATORS_ROOM]

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import redis
 from sqlalchemy.orm import Session
 
 from models.accounts import DriverProfile, User
 from models.errors import Forbidden
-from models.positions import forget_position
+from models.positions import reindex_after_commit
 from models.tracking import StoredReport, record_position
-
-log = logging.getLogger(__name__)
-
-# Operators see each driver move at most this often: a console needs no more, and every
-# driver reports every few seconds.
 
 
 def driver_profile(driver: User) -> DriverProfile:
@@ -24,19 +17,13 @@ def driver_profile(driver: User) -> DriverProfile:
     return driver.driver_profile
 
 
-def set_availability(session: Session, r: redis.Redis, driver: User, online: bool) -> bool:
-    """Go online or offline. Offline drops the position so the index holds only the
-    drivers who may get work; going online needs a fresh position to be offered jobs."""
+def set_availability(session: Session, driver: User, online: bool) -> bool:
+    """Go online or offline: in the index of drivers who may get work from the commit on
+    (at their last position; a stale one must be reported afresh), or out of it."""
     profile = driver_profile(driver)
     profile.online = online
     session.flush()
-    if not online:
-        try:
-            forget_position(r, driver.id)
-        except redis.RedisError:
-            # Safe to leave: eligibility also checks `online` in the database, and the
-            # position goes stale by itself.
-            log.warning("driver %s offline but position not dropped: Redis error", driver.id)
+    reindex_after_commit(session, driver.id, None if online else False)
     return profile.online
 
 

@@ -23,6 +23,7 @@ from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
 from models.job_events import EventType, JobEvent, last_step, record_event
 from models.jobs import Job, JobStatus, Place, require_role
 from models.offers import Offer, OfferClosed, offer_of
+from models.positions import reindex_after_commit
 from settings import settings
 
 CANCELLABLE = (JobStatus.pending, JobStatus.accepted, JobStatus.arrived)
@@ -121,6 +122,7 @@ def _free_driver(session: Session, driver_id: int | None, job_id: int) -> None:
             .values(current_job_id=None)
             .execution_options(synchronize_session=False)
         )
+        reindex_after_commit(session, driver_id)
 
 
 def _retry_or_refusal(
@@ -259,6 +261,7 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         _refuse_claim(session, driver.id)
+    reindex_after_commit(session, driver.id, False)
     event = record_event(
         session, job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
     )

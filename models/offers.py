@@ -190,9 +190,7 @@ def offer_round(session: Session, r: redis.Redis, job: Job) -> JobEvent | None:
     The caller holds the job row under a share lock, so no step changes it meanwhile."""
     if job.status != JobStatus.pending or job.expires_at <= utcnow():
         return None
-    drivers = record_offers(
-        session, job, eligible_drivers(session, r, job.pickup_lat, job.pickup_lng)
-    )
+    drivers = record_offers(session, job, eligible_drivers(r, job.pickup_lat, job.pickup_lng))
     if not drivers:
         return None
     return record_event(

@@ -18,6 +18,7 @@ from models.db import utcnow
 from models.errors import NotFound
 from models.jobs import ON_JOB, Job, JobStatus
 from models.offers import Offer
+from models.positions import reindex_after_commit
 from models.tracking import Position, last_positions
 
 # The statuses counted live: waiting for a driver, or held by one.
@@ -89,6 +90,7 @@ def _change_standing(
     driver = _driver(session, driver_id)
     if not changed.rowcount:  # type: ignore[attr-defined]
         return StandingChange(driver, None)
+    reindex_after_commit(session, driver_id)
     event = DriverEvent(
         driver_id=driver_id, type=type_.value, actor_id=actor.id if actor else None, at=at
     )

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 
 from models.jobs import ON_JOB, Job, JobStatus
-from models.positions import geo_key, indexable_lat, seen_key
+from models.positions import dispatchable_key, geo_key, indexable_lat, positions_key, seen_key
 from settings import settings
 
 EARTH_RADIUS_KM = 6371.0088
@@ -32,11 +32,16 @@ OPERATORS_SEE_POSITIONS_EVERY_MS = 2000
 TOMBSTONE_TTL_S = 24 * 3600
 
 # KEYS: geo, seen, exact positions, the driver's target, the driver's throttle, the
-# operators' throttle for the driver.
+# operators' throttle for the driver, the dispatchable set.
 # ARGV: lng, indexable lat, driver id, now (epoch s), "lat,lng,now", throttle ms, operators'
 # throttle ms. Returns {the target if the customer is due an update, 1 if the operators are}.
+# Only a dispatchable driver's position enters the geo index (models.positions).
 _REPORT_SCRIPT = """
-redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if redis.call('SISMEMBER', KEYS[7], ARGV[3]) == 1 then
+  redis.call('GEOADD', KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+else
+  redis.call('ZREM', KEYS[1], ARGV[3])
+end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[3], ARGV[5])
 local operators = 0
@@ -88,10 +93,6 @@ class StoredReport:
     for_operators: dict[str, Any] | None
 
 
-def positions_key() -> str:
-    return settings.redis_key("drivers", "position")
-
-
 def target_key(driver_id: int) -> str:
     return settings.redis_key("tracking", driver_id)
 
@@ -128,6 +129,7 @@ def report_script_call(
         target_key(driver_id),
         throttle_key(driver_id),
         operators_throttle_key(driver_id),
+        dispatchable_key(),
     ]
     args = [
         lng,

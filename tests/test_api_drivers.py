@@ -12,6 +12,7 @@ from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope, utcnow
 from models.jobs import Job
 from models.positions import Candidate, drivers_near
+from models.tracking import last_positions
 from tests.contract import API, UTC_Z, assert_error, assert_job, parse_time
 from tests.factories import ORIGIN, Account, Factory, north_of
 from tests.stored import positions
@@ -94,9 +95,14 @@ def test_every_point_on_earth_is_a_valid_location(
 
 
 def test_an_offline_driver_may_report_a_location(client: FlaskClient, factory: Factory) -> None:
+    """Stored, but outside the dispatch index until they go online, which then places them
+    at it at once."""
     driver = factory.driver(online=False, at=None)
     answer = client.put(LOCATION, json={"lat": 1.5, "lng": 2.5}, headers=driver.headers)
     assert answer.status_code == 204
+    assert list(last_positions(redis_connection(), [driver.id])) == [driver.id]
+    assert _near((1.5, 2.5)) == []
+    client.put(AVAILABILITY, json={"online": True}, headers=driver.headers)
     assert [c.driver_id for c in _near((1.5, 2.5))] == [driver.id]
 
 

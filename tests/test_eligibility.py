@@ -1,21 +1,40 @@
-"""The dispatch rule on real Redis and PostgreSQL: who is eligible for a job at a point."""
+"""The dispatch rule on real Redis and PostgreSQL: who is eligible for a job at a point, and
+the index of dispatchable drivers that answers it without a database query, kept right by
+each change of a driver's standing and reconciled by the relay."""
 
 import time
 
+import pytest
 from sqlalchemy import update
 
 from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope
-from models.positions import drivers_near, eligible_drivers
-from models.tracking import record_position
+from models.positions import (
+    dispatchable_key,
+    drivers_near,
+    eligible_drivers,
+    reconcile_standing,
+    reindex_after_commit,
+    set_standing,
+    standing_lost,
+)
+from models.tracking import last_positions, record_position
 from settings import settings
 from tests.factories import ORIGIN, Factory, north_of
+from workers.relay import reconcile_index
 
 
 def _eligible(point: tuple[float, float] = ORIGIN) -> list[tuple[int, float]]:
-    with session_scope() as session:
-        found = eligible_drivers(session, redis_connection(), *point)
+    found = eligible_drivers(redis_connection(), *point)
     return [(c.driver_id, round(c.distance_km, 1)) for c in found]
+
+
+def _set_in_database(driver_id: int, **values: object) -> None:
+    """Change a profile behind the models' back, as a lost index write leaves it."""
+    with session_scope() as session:
+        session.execute(
+            update(DriverProfile).where(DriverProfile.user_id == driver_id).values(**values)
+        )
 
 
 def test_near_drivers_are_eligible_nearest_first(factory: Factory) -> None:
@@ -45,8 +64,10 @@ def test_offline_drivers_are_not(client, factory: Factory) -> None:
         headers=went_offline.headers,
     )
     assert answer.status_code == 204
-    located = [c.driver_id for c in drivers_near(redis_connection(), *ORIGIN, 1, 60)]
-    assert sorted(located) == sorted([online.id, never_online.id, went_offline.id])
+    r = redis_connection()
+    stored = last_positions(r, [online.id, never_online.id, went_offline.id])
+    assert sorted(stored) == sorted([online.id, never_online.id, went_offline.id])
+    assert [c.driver_id for c in drivers_near(r, *ORIGIN, 1, 60)] == [online.id]
     assert _eligible() == [(online.id, 0.0)]
 
 
@@ -62,12 +83,8 @@ def test_drivers_on_a_job_and_unapproved_drivers_are_not(client, factory: Factor
     customer = factory.customer()
     busy = factory.driver()
     unapproved = factory.driver()
-    with session_scope() as session:
-        session.execute(
-            update(DriverProfile)
-            .where(DriverProfile.user_id == unapproved.id)
-            .values(approved=False)
-        )
+    _set_in_database(unapproved.id, approved=False)
+    assert reconcile_standing(redis_connection()) == [unapproved.id]
     job = factory.job(customer)
     factory.offer(job["id"])
     assert client.post(f"/api/v1/jobs/{job['id']}/accept", headers=busy.headers).status_code == 200
@@ -77,4 +94,65 @@ def test_drivers_on_a_job_and_unapproved_drivers_are_not(client, factory: Factor
 def test_positions_near_the_poles_are_indexed_at_the_edge(factory: Factory) -> None:
     r = redis_connection()
     record_position(r, 999, 89.9, 10.0)
+    set_standing(r, {999: True})
     assert [c.driver_id for c in drivers_near(r, 89.9, 10.0, 1, 60)] == [999]
+    record_position(r, 998, -89.9, 10.0)
+    set_standing(r, {998: True})
+    record_position(r, 998, -89.9, 10.0)
+    assert [c.driver_id for c in drivers_near(r, -89.9, 10.0, 1, 60)] == [998]
+
+
+@pytest.mark.parametrize("step", ["complete", "release"])
+def test_a_driver_freed_from_a_job_is_eligible_at_once_where_they_last_were(
+    client, factory: Factory, step: str
+) -> None:
+    driver = factory.driver(at=north_of(ORIGIN, 3))
+    job = factory.job(factory.customer())
+    factory.offer(job["id"])
+    jobs = f"/api/v1/jobs/{job['id']}"
+    assert client.post(f"{jobs}/accept", headers=driver.headers).status_code == 200
+    assert _eligible() == []
+    record_position(redis_connection(), driver.id, *north_of(ORIGIN, 2))  # driving there
+    assert _eligible() == []
+    steps = ["arrive", "start", "complete"] if step == "complete" else ["release"]
+    for each in steps:
+        assert client.post(f"{jobs}/{each}", headers=driver.headers).status_code == 200, each
+    assert _eligible() == [(driver.id, 2.0)]  # no new report needed
+
+
+def test_an_index_write_waits_for_the_commit_and_a_rollback_makes_none(factory: Factory) -> None:
+    driver = factory.driver()
+    _set_in_database(driver.id, online=False)
+    with pytest.raises(RuntimeError), session_scope() as session:
+        reindex_after_commit(session, driver.id)
+        raise RuntimeError("rolled back")
+    assert _eligible() == [(driver.id, 0.0)]  # still as it was: nothing ran
+    with session_scope() as session:
+        reindex_after_commit(session, driver.id)
+        assert _eligible() == [(driver.id, 0.0)]  # not before the commit
+    assert _eligible() == []
+
+
+def test_a_report_takes_a_wrongly_indexed_driver_out(factory: Factory) -> None:
+    """A report from a driver who is not in the set removes them from the geo index, so a
+    late write of an old position cannot leave them there."""
+    driver = factory.driver()
+    r = redis_connection()
+    r.srem(dispatchable_key(), str(driver.id))
+    assert _eligible() == [(driver.id, 0.0)]
+    record_position(r, driver.id, *ORIGIN)
+    assert _eligible() == []
+
+
+def test_the_relay_rebuilds_an_index_redis_lost(factory: Factory) -> None:
+    near, far = factory.driver(at=north_of(ORIGIN, 1)), factory.driver(at=north_of(ORIGIN, 4))
+    factory.driver(online=False)
+    r = redis_connection()
+    r.delete(dispatchable_key())
+    r.delete(settings.redis_key("drivers", "geo"))
+    assert standing_lost(r)
+    assert _eligible() == []
+    assert sorted(reconcile_index()) == sorted([near.id, far.id])
+    assert _eligible() == [(near.id, 1.0), (far.id, 4.0)]
+    assert not standing_lost(r)
+    assert reconcile_index(force=True) == []

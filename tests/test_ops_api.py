@@ -231,8 +231,7 @@ def test_a_driver_the_operator_cannot_name_is_not_found(
 
 
 def _eligible() -> list[int]:
-    with session_scope() as session:
-        return [c.driver_id for c in eligible_drivers(session, redis_connection(), *ORIGIN)]
+    return [c.driver_id for c in eligible_drivers(redis_connection(), *ORIGIN)]
 
 
 def test_a_suspended_driver_is_offered_nothing_until_reinstated(

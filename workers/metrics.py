@@ -112,6 +112,13 @@ SWEEP_REDRIVEN = Counter(
     ["kind"],
 )
 
+INDEX_REPAIRED = Counter(
+    "dispatch_index_repaired",
+    "Drivers whose entry in the index of dispatchable drivers the relay's reconciliation put "
+    "right (a write lost to a Redis error or a race of two commits; all of them after Redis "
+    "lost the index).",
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """This process type's metrics in the Prometheus text format, and its content type."""

@@ -2,7 +2,9 @@
 
 Every SWEEP_EVERY_S it re-drives the announcements and pushes that are overdue (their enqueue
 was lost, or the worker holding them died) and expires the pending jobs past their expiry,
-handing what it finds to the workers as tasks. A pass that finds nothing sends no task and
+handing what it finds to the workers as tasks; every RECONCILE_EVERY_S (and at once when
+Redis has lost it) it makes the index of dispatchable drivers agree with the database
+(models.positions). A pass that finds nothing sends no task and
 logs nothing, so Flower's task list and the log show the real work, not ~2,000 empty sweeps
 an hour. Each overdue event is handed out at most once per RELAY_HOLD_S, so a backlog is not
 multiplied by every pass; running more than one relay is safe (the claims and the expiry's
@@ -24,10 +26,11 @@ from sqlalchemy.exc import OperationalError as DatabaseUnavailable
 from models.db import redis_connection, session_scope
 from models.job_events import overdue_push_event_ids, unannounced_events
 from models.lifecycle import expire_due_jobs
+from models.positions import RECONCILE_EVERY_S, reconcile_standing, standing_lost
 from settings import settings
 from workers.enqueue import announce, enqueue_push
 from workers.logs import configure_logging
-from workers.metrics import SWEEP_REDRIVEN, serve_scrapes
+from workers.metrics import INDEX_REPAIRED, SWEEP_REDRIVEN, serve_scrapes
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,21 @@ def expire_jobs() -> int:
     return len(expired)
 
 
+def reconcile_index(force: bool = False) -> list[int]:
+    """Reconcile the dispatchable drivers' index, when due: every RECONCILE_EVERY_S across
+    all relays (a Redis claim), or at once when Redis has lost the set or `force`. Returns
+    the drivers whose entry was wrong, logged: each is a write lost to an error or a race."""
+    r = redis_connection()
+    due = r.set(settings.redis_key("relay", "reconcile"), 1, nx=True, ex=int(RECONCILE_EVERY_S))
+    if not (due or force or standing_lost(r)):
+        return []
+    wrong = reconcile_standing(r)
+    INDEX_REPAIRED.inc(len(wrong))
+    if wrong:
+        log.warning("dispatchable index put right for %d drivers: %s", len(wrong), wrong[:20])
+    return wrong
+
+
 def sweep() -> None:
     """One pass: re-drive what is overdue and expire what is due (a task for each), logged
     only if anything."""
@@ -78,6 +96,7 @@ def sweep() -> None:
     if announcements or pushes:
         log.warning("re-driving %d announcements and %d pushes", len(announcements), len(pushes))
     expire_jobs()
+    reconcile_index()
 
 
 def sweep_until(stopped: threading.Event, every_s: float = SWEEP_EVERY_S) -> None:
