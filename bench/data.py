@@ -9,11 +9,15 @@ from collections.abc import Sequence
 from sqlalchemy import text
 
 from models.accounts import User, issue_token
-from models.db import engine
+from models.db import engine, redis_connection
+from models.positions import dispatchable_key
+
+INDEX_CHUNK = 10_000
 
 
 def add_users(role: str, count: int) -> list[int]:
-    """Insert `count` users of `role` (drivers online and approved) and return their ids."""
+    """Insert `count` users of `role` (drivers online and approved, so named in the index of
+    dispatchable drivers: their position reports enter the geo index) and return their ids."""
     with engine().begin() as conn:
         first = conn.execute(text("SELECT coalesce(max(id), 0) + 1 FROM users")).scalar_one()
         conn.execute(
@@ -38,7 +42,12 @@ def add_users(role: str, count: int) -> list[int]:
         # and index-only scans the pages that are all visible.
         for table in ("users", "driver_profiles"):
             conn.execute(text(f"VACUUM ANALYZE {table}"))
-    return list(range(first, first + count))
+    ids = list(range(first, first + count))
+    if role == "driver":
+        r = redis_connection()
+        for start in range(0, count, INDEX_CHUNK):
+            r.sadd(dispatchable_key(), *ids[start : start + INDEX_CHUNK])
+    return ids
 
 
 def token_for(user_id: int, role: str) -> str:
