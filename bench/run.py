@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,9 @@ import redis
 from tests.processes import run_admin_sql
 
 BENCHMARKS = ["dispatch", "accept", "push", "nearby", "gateway", "booking", "location"]
+# Run this many times, each figure the median of the runs (every run kept under "runs"): the
+# end-to-end latencies move with what else the machine does.
+REPEATS = {"dispatch": 3}
 HERE = Path(__file__).resolve().parent
 ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -102,6 +106,29 @@ def _run_one(name: str, position: str, env: dict[str, str]) -> dict[str, object]
     return result
 
 
+def median_of(runs: list[dict[str, object]]) -> dict[str, object]:
+    """One benchmark's runs as one result: each number the median of the runs, anything
+    else as the first run has it, and the runs themselves under "runs"."""
+    merged: dict[str, object] = {}
+    for key, first in runs[0].items():
+        values = [run.get(key) for run in runs]
+        numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        merged[key] = statistics.median(numbers) if len(numbers) == len(runs) else first
+    return {**merged, "runs": runs}
+
+
+def run_benchmark(name: str, position: str, env: dict[str, str]) -> dict[str, object]:
+    """`bench.<name>` once, or REPEATS[name] times merged by `median_of`; a failed run fails it."""
+    runs = [
+        _run_one(name, f"{position} run {n}" if REPEATS.get(name, 1) > 1 else position, env)
+        for n in range(1, REPEATS.get(name, 1) + 1)
+    ]
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return failed[0]
+    return runs[0] if len(runs) == 1 else median_of(runs)
+
+
 def main() -> int:
     only = sys.argv[1:] or BENCHMARKS
     run_id = uuid.uuid4().hex[:8]
@@ -123,7 +150,7 @@ def main() -> int:
             [dispatch_cli, "migrate"], cwd=HERE.parent, env=env, check=True, stdout=sys.stderr
         )
         results = {
-            name: _run_one(name, f"{number}/{len(only)}", env)
+            name: run_benchmark(name, f"{number}/{len(only)}", env)
             for number, name in enumerate(only, start=1)
         }
     finally:
@@ -140,7 +167,7 @@ def main() -> int:
     (HERE / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{'benchmark':<10} figures")
     for name, figures in results.items():
-        shown = ", ".join(f"{k}={v}" for k, v in figures.items())
+        shown = ", ".join(f"{k}={v}" for k, v in figures.items() if k != "runs")
         print(f"{name:<10} {shown}")
     print("\nwritten to bench/results.json")
     return 0 if all("error" not in r for r in results.values()) else 1
