@@ -1,6 +1,14 @@
 """Accept under contention: 200 jobs, 20 concurrent accepts each over HTTP to gunicorn
-(configured as `make run` does). Winners must be exactly 200. Floor: the same conditional
-UPDATE issued directly through psycopg2 by 20 concurrent connections."""
+(configured as `make run` does). Winners must be exactly 200. Two floors:
+
+- `floor_*`: the same conditional UPDATE issued directly through psycopg2 by 20 concurrent
+  connections (PostgreSQL alone);
+- `noop_*`: what a Flask app on the same server cannot beat, 20 concurrent authenticated
+  no-op POSTs (`bench.floor_app`: the API's bearer check, nothing else) by the same drivers,
+  one such round before each job's accepts, so both see the same machine.
+
+`web_cpu_ms_per_*` is the web process's CPU time (its workers', all threads) per request of
+each kind: what a request costs the server, steadier than wall time on a shared machine."""
 
 from __future__ import annotations
 
@@ -18,6 +26,7 @@ import requests
 from sqlalchemy import text
 
 from bench.data import add_users, bearer, summary_ms
+from bench.floor_app import FLOOR_APP, NOOP_PATH, web_cpu_s
 from models.db import engine
 from tests.processes import start_web
 
@@ -67,24 +76,44 @@ def _race(pool: ThreadPoolExecutor, attempts: list[Callable[[], int]]) -> list[t
     return list(pool.map(one, attempts))
 
 
-def http_accepts(base: str, jobs: list[int], drivers: list[int]) -> tuple[int, list[float]]:
+class _Timings:
+    """Latencies and the web process's CPU seconds of one kind of request."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.cpu_s = 0.0
+
+
+def http_accepts(
+    base: str, web_pid: int, jobs: list[int], drivers: list[int]
+) -> tuple[int, _Timings, _Timings]:
+    """Each job's 20 accepts, after a round of 20 no-ops: the winners, the accepts' and the
+    no-ops' timings."""
     sessions = [requests.Session() for _ in drivers]
     headers = [bearer(d, "driver") for d in drivers]
-    winners, seconds = 0, []
+    winners, accepts, noops = 0, _Timings(), _Timings()
+
+    def timed(pool: ThreadPoolExecutor, timings: _Timings, url: str) -> list[int]:
+        def attempt(i: int) -> int:
+            return sessions[i].post(url, headers=headers[i], timeout=30).status_code
+
+        cpu_before = web_cpu_s(web_pid)
+        results = _race(pool, [lambda i=i: attempt(i) for i in range(CONTENDERS)])
+        timings.cpu_s += web_cpu_s(web_pid) - cpu_before
+        timings.seconds += [s for _, s in results]
+        return [status for status, _ in results]
+
     with ThreadPoolExecutor(CONTENDERS) as pool:
         for job in jobs:
-
-            def attempt(i: int, job: int = job) -> int:
-                url = f"{base}/api/v1/jobs/{job}/accept"
-                return sessions[i].post(url, headers=headers[i], timeout=30).status_code
-
-            results = _race(pool, [lambda i=i: attempt(i) for i in range(CONTENDERS)])
-            winners += sum(1 for status, _ in results if status == 200)
-            seconds += [s for _, s in results]
+            statuses = timed(pool, noops, f"{base}{NOOP_PATH}")
+            if set(statuses) != {200}:
+                raise RuntimeError(f"no-op answered {sorted(set(statuses))}")
+            statuses = timed(pool, accepts, f"{base}/api/v1/jobs/{job}/accept")
+            winners += statuses.count(200)
             _free_drivers()
     for session in sessions:
         session.close()
-    return winners, seconds
+    return winners, accepts, noops
 
 
 def sql_accepts(jobs: list[int], drivers: list[int]) -> tuple[int, list[float]]:
@@ -115,16 +144,22 @@ def main() -> None:
     drivers = add_users("driver", CONTENDERS)
     http_jobs = _make_jobs(customer, drivers, JOBS)
     sql_jobs = _make_jobs(customer, drivers, JOBS)
-    web, port = start_web(Path(tempfile.mkdtemp()))
+    web, port = start_web(Path(tempfile.mkdtemp()), app=FLOOR_APP)
     try:
-        winners, seconds = http_accepts(f"http://127.0.0.1:{port}", http_jobs, drivers)
+        base = f"http://127.0.0.1:{port}"
+        winners, accepts, noops = http_accepts(base, web.popen.pid, http_jobs, drivers)
     finally:
         web.stop()
     floor_winners, floor_seconds = sql_accepts(sql_jobs, drivers)
-    result = {"jobs": JOBS, "winners": winners, **summary_ms(seconds)}
+    result = {"jobs": JOBS, "winners": winners, **summary_ms(accepts.seconds)}
     result["floor_p50_ms"] = summary_ms(floor_seconds)["p50_ms"]
     result["ratio_p50"] = round(result["p50_ms"] / result["floor_p50_ms"], 2)
     result["floor_winners"] = floor_winners
+    noop = summary_ms(noops.seconds)
+    result["noop_p50_ms"], result["noop_p99_ms"] = noop["p50_ms"], noop["p99_ms"]
+    result["ratio_noop_p50"] = round(result["p50_ms"] / noop["p50_ms"], 2)
+    result["web_cpu_ms_per_accept"] = round(accepts.cpu_s / len(accepts.seconds) * 1000, 2)
+    result["web_cpu_ms_per_noop"] = round(noops.cpu_s / len(noops.seconds) * 1000, 2)
     print(json.dumps(result))
 
 
