@@ -1,12 +1,17 @@
 """Dispatch latency: 1,000 driver feeds connected (in separate client processes), 20 of them
 near each job, 20 jobs/s for 30 s; from sending POST /jobs to each offered driver's `job:new`.
 
+Scale knobs (bench.growth sets them): BENCH_DISPATCH_DRIVERS feeds connected (a multiple of
+20: one cluster of 20 drivers per 20), BENCH_DISPATCH_RATE jobs a second, and
+BENCH_DISPATCH_SECONDS of posting.
+
 Floor, same run: an HTTP round trip to a trivial endpoint + one RedisManager emit reaching
 a connected client + one Celery task's enqueue-to-start (from the worker's task-started event)."""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,15 +31,19 @@ from tests.processes import Process, start_gateway, start_web, start_workers
 from workers.celery_app import app as celery_app
 from workers.events import emit
 
-CLUSTERS = 50
 PER_CLUSTER = 20
-RATE_PER_S = 20
-SECONDS = 30
+DRIVERS = int(os.environ.get("BENCH_DISPATCH_DRIVERS", 1_000))
+CLUSTERS = DRIVERS // PER_CLUSTER
+RATE_PER_S = int(os.environ.get("BENCH_DISPATCH_RATE", 20))
+SECONDS = int(os.environ.get("BENCH_DISPATCH_SECONDS", 30))
 FEED_PROCESSES = 4
+POSTING_THREADS = max(8, RATE_PER_S // 4)  # each POST under load takes up to ~100 ms
 
 
 def _cluster_center(cluster: int) -> tuple[float, float]:
-    return 10.0 + cluster * 1.0, 0.0  # 111 km apart: a job reaches only its own cluster
+    """1° apart on a grid 50 clusters high (at least 55 km at these latitudes): a job
+    reaches only its own cluster."""
+    return 10.0 + cluster % 50 * 1.0, cluster // 50 * 1.0
 
 
 def _place(drivers: list[int]) -> dict[int, list[int]]:
@@ -115,7 +124,7 @@ def _post_jobs(base: str, customer: int) -> dict[int, tuple[float, int]]:
         sent[answer.json()["id"]] = (start, cluster)
 
     begin = time.time()
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(POSTING_THREADS) as pool:
         for n in range(RATE_PER_S * SECONDS):
             time.sleep(max(0.0, begin + n / RATE_PER_S - time.time()))
             pool.submit(post, n)

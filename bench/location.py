@@ -17,7 +17,7 @@ Phases, one after the other on the same sockets:
 - `trivial`: each customer emits `driver:location` once a second; the gateway answers
   `forbidden` before any Redis call: Socket.IO into and out of the gateway, nothing more.
 - `steady`: every driver every 2 s (500 reports/s offered), WARM_UP_S, then MEASURE_S
-  measured.
+  measured (30 s; BENCH_LOCATION_MEASURE_S sets it).
 - `ceiling`: every driver every CEILING_INTERVAL_S (2,000/s offered, 4× the steady load);
   the reports acked per second here is the gateway's ceiling, the figure "reports per second
   one gateway takes" (`reports_per_s`).
@@ -94,7 +94,7 @@ STEADY_INTERVAL_S = 2.0
 CEILING_INTERVAL_S = 0.5
 TRIVIAL_CEILING_INTERVAL_S = 0.02  # 200 customers: up to 10,000 trivial events a second
 WARM_UP_S = 5.0
-MEASURE_S = 30.0
+MEASURE_S = float(os.environ.get("BENCH_LOCATION_MEASURE_S", 30.0))
 CEILING_WARM_UP_S = 2.0
 CEILING_MEASURE_S = 8.0
 TRIVIAL_S = 3.0
@@ -244,7 +244,7 @@ def _client_process(url: str, members_file: str, share: slice, commands: Any, ou
     asyncio.run(_client(url, members, commands, out))
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -293,11 +293,11 @@ class _Clients:
         """Every `role` socket reports every `interval` for `seconds` from a common start;
         returns the start, every report, and the gateway's CPU seconds meanwhile."""
         start_at = time.time() + 0.5
-        cpu_before = _cpu_s(gateway_pid)
+        cpu_before = cpu_seconds(gateway_pid)
         for commands in self.commands:
             commands.put(("run", name, role, interval, start_at, start_at + seconds))
         batches = self._gather("reports", seconds + ACK_TIMEOUT_S + 30)
-        cpu = _cpu_s(gateway_pid) - cpu_before
+        cpu = cpu_seconds(gateway_pid) - cpu_before
         return start_at, [r for _, reports in batches for r in reports], cpu
 
     def arrivals(self) -> list[Arrival]:
