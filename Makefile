@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install migrate run test lint typecheck unit bench clean
+.PHONY: install migrate run test lint typecheck unit bench soak clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,3 +82,8 @@ bench: install
 	@command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; } \
 		|| echo "h2load (Debian package nghttp2-client) missing: the push floor is not measured"
 	DISPATCH_ENV=development $(BIN)/python -m bench.run $(BENCH)
+
+# The soak (bench/soak.py): 10 minutes of the whole system under load, checked for anything lost
+# or leaking; SOAK_SECONDS=120 for a shorter try. Not part of `make test`.
+soak: install
+	DISPATCH_ENV=development $(BIN)/python -m bench.soak
