@@ -170,6 +170,11 @@ class Settings(BaseSettings):
         return self.celery_broker_url or self.redis_url
 
     @property
+    def broker_is_rabbitmq(self) -> bool:
+        """Whether Celery's broker is RabbitMQ (an AMQP URL) rather than Redis."""
+        return self.broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+    @property
     def apns_configured(self) -> bool:
         return bool(
             self.apns_key_path and self.apns_key_id and self.apns_team_id and self.apns_topic

@@ -1,18 +1,23 @@
 """Real processes for integration tests: the web API under gunicorn, Celery workers and the relay,
-and private Redis servers that a test may stop and start. Each is started with this run's
-environment (set by conftest) plus overrides, waited for, and stopped at the end."""
+and private Redis servers that a test may stop and start; a RabbitMQ vhost of the run's own,
+and a proxy in front of it that a test may stop and start. Each process is started with this
+run's environment (set by conftest) plus overrides, waited for, and stopped at the end."""
 
 from __future__ import annotations
 
 import os
+import selectors
 import shutil
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg2
 import redis
@@ -257,3 +262,135 @@ def start_gateway(
     if not process.alive():
         raise RuntimeError(process.log())
     return process, port
+
+
+def rabbitmqctl(*args: str) -> None:
+    """One `rabbitmqctl` command on the local RabbitMQ node (as root, or its own user)."""
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+
+
+class RabbitMQVhost:
+    """The vhost of a broker URL (`amqp://user:password@host:port/vhost`) on the local
+    RabbitMQ, made for a test run and deleted at its end with all its queues, exchanges and
+    connections; the URL's user gets every permission on it. Nothing of another vhost is
+    touched."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.name = unquote(parts.path.removeprefix("/"))
+        self.user = unquote(parts.username or "guest")
+        self.address = (parts.hostname or "127.0.0.1", parts.port or 5672)
+        if not self.name or self.name == "/":
+            raise ValueError(f"{url!r} names no vhost of its own")
+
+    def create(self) -> None:
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, self.user, ".*", ".*", ".*")
+
+    def delete(self) -> None:
+        rabbitmqctl("delete_vhost", self.name)
+
+    def through(self, port: int) -> str:
+        """The same vhost's URL through another port of this host (a `TcpProxy`'s)."""
+        parts = urlsplit(self.url)
+        credentials = parts.netloc.rpartition("@")[0]
+        netloc = f"{credentials}@127.0.0.1:{port}" if credentials else f"127.0.0.1:{port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class _Forwarder(socketserver.BaseRequestHandler):
+    """Copies bytes both ways between a client and the proxy's upstream until either closes."""
+
+    server: _ProxyServer
+
+    def handle(self) -> None:
+        client = self.request
+        try:
+            upstream = socket.create_connection(self.server.upstream, timeout=5)
+        except OSError:
+            return
+        self.server.track(client, upstream)
+        with selectors.DefaultSelector() as selector:
+            selector.register(client, selectors.EVENT_READ, upstream)
+            selector.register(upstream, selectors.EVENT_READ, client)
+            while not self.server.closing.is_set():
+                if not self.server.forwarding.wait(0.2):
+                    continue
+                for key, _ in selector.select(timeout=0.2):
+                    try:
+                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                        if not data:
+                            return
+                        key.data.sendall(data)
+                    except OSError:
+                        return
+
+
+class _ProxyServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+    def __init__(self, port: int, upstream: tuple[str, int]) -> None:
+        super().__init__(("127.0.0.1", port), _Forwarder)
+        self.upstream = upstream
+        self.closing = threading.Event()
+        self.forwarding = threading.Event()
+        self.forwarding.set()
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+
+    def track(self, *sockets: socket.socket) -> None:
+        with self._lock:
+            self._sockets.extend(sockets)
+
+    def drop_connections(self) -> None:
+        self.closing.set()
+        with self._lock:
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+
+class TcpProxy:
+    """A TCP proxy on a free loopback port to `upstream`, to stop and start at will: stopped,
+    it refuses connections and has closed every one it carried, as a server that went down
+    would; paused, it keeps them open but carries nothing, as a server that stopped reading
+    would. Only the connections through it are affected, never the server behind it."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self._server: _ProxyServer | None = None
+
+    def start(self) -> None:
+        self._server = _ProxyServer(self.port, self.upstream)
+        threading.Thread(target=self._server.serve_forever, name="tcp-proxy", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server.drop_connections()
+            self._server = None
+
+    def pause(self) -> None:
+        assert self._server is not None
+        self._server.forwarding.clear()
+
+    def resume(self) -> None:
+        assert self._server is not None
+        self._server.forwarding.set()
+
+    def __enter__(self) -> TcpProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

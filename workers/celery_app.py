@@ -6,14 +6,18 @@ runs in a log context of its own with its task id and the request id its message
 
 from __future__ import annotations
 
+import logging
 from contextvars import Token
 from typing import Any
 
 from celery import Celery
 from celery.signals import celeryd_init, setup_logging, task_postrun, task_prerun
+from kombu.exceptions import KombuError
 
 from settings import settings
 from workers.logs import REQUEST_ID_HEADER, LogIds, close_context, configure_logging, open_context
+
+log = logging.getLogger(__name__)
 
 app = Celery("dispatch")
 app.config_from_object("celeryconfig")
@@ -37,6 +41,24 @@ def _log_from_the_start(
     configure_logging((options or {}).get("loglevel") or "INFO")
     if settings.log_format == "json" and instance is not None:
         instance.quiet = True
+
+
+@celeryd_init.connect
+def _declare_every_queue(**_: Any) -> None:
+    """On RabbitMQ each worker binds every queue's exchange to Celery's delay exchanges as it
+    starts (native delayed delivery), which fails for an exchange nobody declared yet: a
+    dispatch worker first on a new broker would log that delayed delivery is unavailable.
+    So every worker first declares every queue, with its exchange and binding."""
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "amqp":
+            return
+        errors = (KombuError, OSError, *connection.connection_errors, *connection.channel_errors)
+        try:
+            connection.ensure_connection(max_retries=1)
+            for queue in app.amqp.queues.values():
+                queue(connection.default_channel).declare()
+        except errors as exc:
+            log.warning("queues not declared before delayed delivery's bindings: %s", exc)
 
 
 @task_prerun.connect

@@ -8,8 +8,11 @@ fast and is logged; the row stays unannounced, and the relay's sweep (`workers.r
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+from amqp.exceptions import MessageNacked
+from kombu import Producer
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
@@ -19,12 +22,19 @@ from models.job_events import EventType, JobEvent
 from models.jobs import Job
 from models.lifecycle import Step
 from models.tracking import sync_tracking
+from settings import settings
 from workers.celery_app import app
 from workers.logs import bind_job, task_headers
 
 log = logging.getLogger(__name__)
 
 TASKS = "workers.tasks"
+# How long a publish waits for RabbitMQ's confirm (Redis has none): a broker that stops
+# taking publishes (RabbitMQ in a memory or disk alarm) fails it, and the sweep re-drives
+# it, rather than holding the request.
+CONFIRM_TIMEOUT_S = settings.broker_publish_timeout_s * 2
+PUBLISH_ERRORS = (KombuError, RedisError, OSError, MessageNacked)
+
 # Which task announces which kind of event (each shows by name in Flower).
 TASK_FOR_EVENT = {
     EventType.created: "notify_nearby",
@@ -56,11 +66,32 @@ def enqueue(task: str, event_id: int) -> bool:
     API's, or the one the running task got). Not commit-safe: callers with an open
     transaction use `announce_after_commit`. Returns whether the broker took it."""
     try:
-        app.send_task(f"{TASKS}.{task}", args=(event_id,), retry=False, headers=task_headers())
-    except (KombuError, RedisError, OSError) as exc:
+        with _producer() as producer:
+            app.send_task(
+                f"{TASKS}.{task}",
+                args=(event_id,),
+                producer=producer,
+                retry=False,
+                headers=task_headers(),
+                confirm_timeout=CONFIRM_TIMEOUT_S,
+            )
+    except PUBLISH_ERRORS as exc:
         log.error("could not enqueue %s for event %s (the sweep will): %s", task, event_id, exc)
         return False
     return True
+
+
+@contextmanager
+def _producer() -> Iterator[Producer]:
+    """A producer of the app's pool whose connection, if a publish fails, is dropped at once:
+    the pool would close it politely, waiting for the broker's answer, and a RabbitMQ that
+    stopped reading from publishers gives none until its alarm ends."""
+    with app.producer_or_acquire() as producer:
+        try:
+            yield producer
+        except PUBLISH_ERRORS:
+            producer.connection.collect()
+            raise
 
 
 def announce(events: Sequence[tuple[int, str]]) -> None:
