@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import redis
 import socketio
+from engineio import packet as eio_packet
+from engineio.async_drivers import asgi as engineio_asgi
 from pydantic import ValidationError
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -93,7 +95,58 @@ KEEPALIVE_OPTIONS = (
 )
 
 
-class BoundedRedisManager(socketio.AsyncRedisManager):
+class LocalDelivery(socketio.AsyncManager):
+    """Delivery of an event to this gateway's sockets without a task per socket.
+
+    python-socketio's manager encodes the packet once, then starts one task per recipient
+    and waits for them all: for `job:accepted` to 1,000 rooms, 1,000 tasks to put one packet
+    on each socket's queue, which never waits (an Engine.IO socket's queue is unbounded).
+    Here the packet goes on each queue in turn. Events with a callback (acknowledgements,
+    which need a packet per socket) go the library's way.
+
+    In the MRO after python-socketio's pub/sub manager: what it hands on to the local
+    sockets, after a publish or on a message from Redis, comes here."""
+
+    server: Any
+    rooms: dict[str, Any]
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str,
+        room: Any = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        if callback is not None:
+            await super().emit(event, data, namespace, room, skip_sid, callback, to, **kwargs)
+            return
+        room = to or room
+        if namespace not in self.rooms:
+            return
+        arguments = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        skipped = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        encoded = self.server.packet_class(
+            packet.EVENT, namespace=namespace, data=[event, *arguments]
+        ).encode()
+        eio_packets = [
+            eio_packet.Packet(eio_packet.MESSAGE, part)
+            for part in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        for sid, eio_sid in self.get_participants(namespace, room):
+            if sid in skipped:
+                continue
+            try:
+                for eio_packet_ in eio_packets:
+                    await self.server._send_eio_packet(eio_sid, eio_packet_)
+            except Exception:  # one socket's failure stops no other socket's delivery
+                log.exception("%s to socket %s failed", event, sid)
+
+
+class BoundedRedisManager(socketio.AsyncRedisManager, LocalDelivery):
     """python-socketio's Redis manager with a bounded publishing pool and a subscriber
     that recovers promptly and says so.
 
@@ -183,7 +236,7 @@ class BoundedRedisManager(socketio.AsyncRedisManager):
         self._lost_at = None
         sockets = sum(1 for _ in self.get_participants(NAMESPACE, None))
         # This gateway's own sockets only (not a publish): each gateway tells its own.
-        await socketio.AsyncManager.emit(self, FEED_RELOAD, FEED_RELOAD_PAYLOAD, NAMESPACE)
+        await LocalDelivery.emit(self, FEED_RELOAD, FEED_RELOAD_PAYLOAD, NAMESPACE)
         log.warning(
             "Redis subscription restored after %.1f s: %d sockets told %s",
             outage_s,
@@ -227,6 +280,26 @@ def origin_allowed(origin: str | None, environ: dict[str, Any]) -> bool:
     return bool(netloc) and netloc == str(environ.get("HTTP_HOST", "")).lower()
 
 
+class _NoBody:
+    """`wsgi.input` of a websocket request, which has no body."""
+
+    async def read(self, length: int | None = None) -> bytes:
+        return b""
+
+
+_NO_BODY = _NoBody()
+
+
+async def _translate_request(scope: dict[str, Any], receive: Any, send: Any) -> dict[str, Any]:
+    """python-engineio's environ for an ASGI request, without its body reader on a websocket:
+    the reader is an instance of a class engineio defines anew for every request (~2.5 KB),
+    which the environ kept alive for the whole life of the socket."""
+    environ: dict[str, Any] = await engineio_asgi.translate_request(scope, receive, send)
+    if environ and scope["type"] == "websocket":
+        environ["wsgi.input"] = _NO_BODY
+    return environ
+
+
 class GatewayServer(socketio.AsyncServer):
     """python-socketio's server, refusing reserved event names and closing sessions that
     do not sign in. Both hooks are private methods of python-socketio 5.x; the tests in
@@ -234,10 +307,12 @@ class GatewayServer(socketio.AsyncServer):
 
     manager_initialized: bool
     manager: Any
+    eio: Any
     environ: dict[str, dict[str, Any]]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.eio._async = {**self.eio._async, "translate_request": _translate_request}
         self._reserved_logged: set[str] = set()  # Engine.IO sessions logged once already
         self._closing: set[asyncio.Task[None]] = set()
 

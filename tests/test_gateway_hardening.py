@@ -94,6 +94,43 @@ def test_events_reach_only_their_own_room(listen, factory: Factory) -> None:
     assert to_driver.got("job:status") == [] and to_customer.got("job:new") == []
 
 
+def test_one_emit_to_many_rooms_reaches_each_socket_in_them_once(listen, factory: Factory) -> None:
+    """The gateway's own delivery (realtime.gateway.LocalDelivery, not python-socketio's
+    task per socket): every socket of every room listed, once, though its room is listed
+    twice or it shares the room with another socket; none outside them."""
+    first, second, outsider = factory.driver(), factory.driver(), factory.driver()
+    feeds = [listen(first), listen(first), listen(second)]
+    outside = listen(outsider)
+    for feed in feeds:
+        emit_until_seen(
+            lambda: emit("bench:probe", {}, [f"driver:{first.id}", f"driver:{second.id}"]),
+            feed,
+            "bench:probe",
+        )
+    rooms = [f"driver:{first.id}", f"driver:{second.id}", f"driver:{first.id}"]
+    emit("job:accepted", {"job_id": 7}, rooms)
+    for feed in feeds:
+        feed.wait_for("job:accepted")
+    time.sleep(0.3)
+    assert [feed.got("job:accepted") for feed in feeds] == [[{"job_id": 7}]] * 3
+    assert outside.events == []
+
+
+def test_a_client_offering_compression_gets_none(gateway: tuple[Process, int]) -> None:
+    """permessage-deflate keeps a zlib state of ~256 KiB a connection; socket.io-client (ws)
+    and Starscream offer it by default, and the gateway declines."""
+    with connect(
+        f"ws://127.0.0.1:{gateway[1]}{ENGINE_IO_PATH}websocket",
+        open_timeout=5,
+        proxy=None,
+        compression="deflate",
+    ) as ws:
+        assert str(ws.recv(timeout=5)).startswith("0{")
+        assert ws.request is not None and ws.response is not None
+        assert "permessage-deflate" in ws.request.headers["Sec-WebSocket-Extensions"]
+        assert "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
 def test_clients_cannot_reach_other_rooms(listen, factory: Factory) -> None:
     sender, target = factory.driver(), factory.driver()
     from_sender, to_target = listen(sender), listen(target)
