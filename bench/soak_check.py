@@ -309,18 +309,23 @@ def check_pushes(obs: Observed) -> Counter[str]:
 
 
 def latency_by_minute(
-    latencies: Sequence[tuple[float, float]], load_start: float
+    latencies: Sequence[tuple[float, float]], booked: Sequence[float], load_start: float
 ) -> list[dict[str, Any]]:
-    """Booking-to-offer p50/p99 for the jobs booked in each minute of the load."""
+    """For the jobs booked in each minute of the load: how many, the offers they got, and
+    booking-to-offer p50/p99 (None for a minute whose jobs got no offer)."""
+    jobs: Counter[int] = Counter(int((at - load_start) // 60) for at in booked)
     minutes: dict[int, list[float]] = defaultdict(list)
-    for booked, seconds in latencies:
-        minutes[int((booked - load_start) // 60)].append(seconds)
+    for at, seconds in latencies:
+        minutes[int((at - load_start) // 60)].append(seconds)
     return [
         {
             "minute": minute + 1,
-            "offers": len(values),
-            "p50_ms": round(statistics.median(values) * 1000, 1),
-            "p99_ms": round(percentile(values, 99) * 1000, 1),
+            "jobs": jobs[minute],
+            "offers": len(minutes[minute]),
+            "p50_ms": round(statistics.median(minutes[minute]) * 1000, 1)
+            if minutes[minute]
+            else None,
+            "p99_ms": round(percentile(minutes[minute], 99) * 1000, 1) if minutes[minute] else None,
         }
-        for minute, values in sorted(minutes.items())
+        for minute in sorted(jobs.keys() | minutes.keys())
     ]
