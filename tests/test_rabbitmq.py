@@ -66,27 +66,31 @@ def test_a_task_held_by_a_killed_worker_goes_at_once_to_another(
     spare = start_worker(tmp_path, apns_env, "spare", concurrency=1)
     candidates = [workers[0], spare]  # both take tasks from `dispatch`
     job_id = _next_job_id()
-    with EventTap() as tap:
-        with announcements_held(job_id):
-            factory.job(customer)
-            wait_until(
-                lambda: any(_received(w, "notify_nearby") for w in candidates),
-                10,
-                "a worker to receive notify_nearby",
-            )
-            [holder] = [w for w in candidates if _received(w, "notify_nearby")]
-            [other] = [w for w in candidates if w is not holder]
-            wait_until(lambda: _announcement_waiting(job_id), 10, "the task to wait")
+    try:
+        with EventTap() as tap:
+            with announcements_held(job_id):
+                factory.job(customer)
+                wait_until(
+                    lambda: any(_received(w, "notify_nearby") for w in candidates),
+                    10,
+                    "a worker to receive notify_nearby",
+                )
+                [holder] = [w for w in candidates if _received(w, "notify_nearby")]
+                [other] = [w for w in candidates if w is not holder]
+                wait_until(lambda: _announcement_waiting(job_id), 10, "the task to wait")
 
-            os.killpg(holder.popen.pid, signal.SIGKILL)  # master and pool child, unacked
-            killed_at = time.monotonic()
-            holder.popen.wait(10)
-            holder.stop()  # closes its log
-            workers[0] = other
-            wait_until(lambda: _received(other, "notify_nearby"), 30, "the redelivery")
-            redelivered_after_s = time.monotonic() - killed_at
-        # The lock is released: the other worker runs the task to its end.
-        [(room, offer)] = tap.wait_for("job:new")
+                os.killpg(holder.popen.pid, signal.SIGKILL)  # master and pool child, unacked
+                killed_at = time.monotonic()
+                holder.popen.wait(10)
+                holder.stop()  # closes its log
+                workers[0] = other
+                wait_until(lambda: _received(other, "notify_nearby"), 30, "the redelivery")
+                redelivered_after_s = time.monotonic() - killed_at
+            # The lock is released: the other worker runs the task to its end.
+            [(room, offer)] = tap.wait_for("job:new")
+    finally:
+        if spare is not workers[0]:
+            spare.stop()
     assert (room, offer["job"]["id"]) == (f"driver:{driver.id}", job_id)
     assert redelivered_after_s < REDELIVERED_WITHIN_S
 
