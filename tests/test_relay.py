@@ -12,9 +12,10 @@ import pytest
 import requests
 
 from models.accounts import User
-from models.db import session_scope
+from models.db import redis_connection, session_scope
 from models.jobs import Place
 from models.lifecycle import create_job
+from settings import settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Factory
 from tests.processes import (
@@ -26,6 +27,7 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
+from workers.relay import RELAY_HOLD_S, RELAY_MAX_HOLD_S, claim_relays
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +100,18 @@ def test_an_idle_sweep_is_silent_and_a_lost_enqueue_is_still_announced(
         30,
         "Flower to list the re-driven notify_nearby",
     )
+
+
+def test_each_re_drive_of_an_event_doubles_its_hold() -> None:
+    """A backlog in a slow queue is not multiplied by every pass: the same overdue event is
+    handed out again after 5, 10, 20 … s, at most RELAY_MAX_HOLD_S."""
+    r = redis_connection()
+    hold = settings.redis_key("relay", "announce", 7, "hold")
+    holds = []
+    for _ in range(6):
+        assert claim_relays("announce", [7, 8]) == ([7, 8] if not holds else [7])
+        assert claim_relays("announce", [7]) == []  # held
+        holds.append(r.ttl(hold))
+        r.delete(hold)  # as if the hold had passed
+        r.set(settings.redis_key("relay", "announce", 8, "hold"), 1)
+    assert holds == [RELAY_HOLD_S, 10, 20, 40, RELAY_MAX_HOLD_S, RELAY_MAX_HOLD_S]

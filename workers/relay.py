@@ -4,13 +4,15 @@ Every SWEEP_EVERY_S it re-drives the announcements and pushes that are overdue (
 was lost, or the worker holding them died) and expires the pending jobs past their expiry,
 handing what it finds to the workers as tasks; every RECONCILE_EVERY_S (and at once when
 Redis has lost it) it makes the index of dispatchable drivers agree with the database
-(models.positions). A pass that finds nothing sends no task and
-logs nothing, so Flower's task list and the log show the real work, not ~2,000 empty sweeps
-an hour. Each overdue event is handed out at most once per RELAY_HOLD_S, so a backlog is not
-multiplied by every pass; running more than one relay is safe (the claims and the expiry's
-conditional UPDATE make each finding one relay's). A pass that fails (PostgreSQL, Redis or
-the broker away) is logged as an error and the next one tries again: nothing is lost, it
-waits in the outbox.
+(models.positions). A pass that finds nothing sends no task and logs nothing, so Flower's
+task list and the log show the real work, not ~2,000 empty sweeps an hour.
+
+An overdue event is handed out again only after a hold that doubles with each re-drive of it
+(RELAY_HOLD_S, then 10, 20 … up to RELAY_MAX_HOLD_S): a backlog in a slow queue is not
+multiplied by every pass, and a copy lost with a dying worker is soon sent again. Running
+more than one relay is safe (the claims and the expiry's conditional UPDATE make each
+finding one relay's). A pass that fails (PostgreSQL, Redis or the broker away) is logged as
+an error and the next one tries again: nothing is lost, it waits in the outbox.
 """
 
 from __future__ import annotations
@@ -35,27 +37,43 @@ from workers.metrics import INDEX_REPAIRED, SWEEP_REDRIVEN, serve_scrapes
 log = logging.getLogger(__name__)
 
 RELAY_HOLD_S = 5  # short: a re-driven copy lost with a second dying worker is sent again soon
+RELAY_MAX_HOLD_S = 60
+# KEYS: the event's hold, its count of re-drives. ARGV: first hold s, longest hold s.
+_CLAIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local drives = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], 10 * tonumber(ARGV[2]))
+local hold = math.min(tonumber(ARGV[1]) * 2 ^ (drives - 1), tonumber(ARGV[2]))
+redis.call('SET', KEYS[1], 1, 'EX', math.floor(hold))
+return 1
+"""
 RELAY_BATCH = 500
 SWEEP_EVERY_S = max(1.0, settings.relay_after_s / 2)
 UNREACHABLE = (RedisError, BrokerUnavailable, DatabaseUnavailable, OSError)
 
 
-def _claim_relay(kind: str, event_id: int) -> bool:
-    """Take this event's relay for RELAY_HOLD_S; False when a sweep took it lately."""
-    key = settings.redis_key("relay", kind, event_id)
-    return bool(redis_connection().set(key, 1, nx=True, ex=RELAY_HOLD_S))
+def claim_relays(kind: str, event_ids: list[int]) -> list[int]:
+    """The events this sweep may re-drive (one round trip for all): those whose hold has
+    passed, each then held for twice as long as the last time."""
+    pipe = redis_connection().pipeline(transaction=False)
+    for event_id in event_ids:
+        hold, drives = (settings.redis_key("relay", kind, event_id, part) for part in ("hold", "n"))
+        pipe.eval(_CLAIM_SCRIPT, 2, hold, drives, RELAY_HOLD_S, RELAY_MAX_HOLD_S)
+    claimed = pipe.execute() if event_ids else []
+    return [event_id for event_id, took in zip(event_ids, claimed, strict=True) if took]
 
 
 def overdue_announcements() -> list[tuple[int, str]]:
     with session_scope() as session:
         events = unannounced_events(session, settings.relay_after_s, RELAY_BATCH)
-    return [(event_id, type_) for event_id, type_ in events if _claim_relay("announce", event_id)]
+    claimed = set(claim_relays("announce", [event_id for event_id, _ in events]))
+    return [(event_id, type_) for event_id, type_ in events if event_id in claimed]
 
 
 def overdue_pushes() -> list[int]:
     with session_scope() as session:
         event_ids = overdue_push_event_ids(session, RELAY_BATCH)
-    return [event_id for event_id in event_ids if _claim_relay("push", event_id)]
+    return claim_relays("push", list(event_ids))
 
 
 def expire_jobs() -> int:
