@@ -58,8 +58,9 @@ $(PROMTOOL): | $(STAMP)
 		|| echo "promtool unavailable: tests/test_ops_config.py skips its promtool checks"
 
 # Test processes (pytest-xdist): the tests mostly wait on real processes, so four share two
-# CPUs well; each has its own database and Redis prefix (tests/conftest.py), and a module's
-# tests stay in one process (--dist loadfile) with the processes its fixtures started.
+# CPUs well; each has its own database, Redis prefix and RabbitMQ vhost (tests/conftest.py),
+# and a module's tests stay in one process (--dist loadfile) with the processes its fixtures
+# started.
 TEST_PROCESSES ?= 4
 PYTEST := $(BIN)/pytest -n $(TEST_PROCESSES) --dist loadfile
 
@@ -73,6 +74,7 @@ $(CHROMIUM):
 
 test: lint typecheck $(JS_STAMP) $(WEB_BUILD) $(PROMTOOL) $(CHROMIUM)
 	$(PYTEST)
+	TEST_BROKER=rabbitmq $(PYTEST) -q  # the worker tests on RabbitMQ, a vhost per test process (tests/conftest.py RABBITMQ_TESTS)
 	TEST_DATABASE=sqlite $(PYTEST) -q  # the domain and API on make run's SQLite (tests/conftest.py)
 
 clean:
