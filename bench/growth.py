@@ -34,7 +34,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from bench.run import _run_one
+from bench.run import run_one
 
 PLOTS = Path(__file__).resolve().parent.parent / "docs" / "plots"
 DISPATCH_SECONDS = 15
@@ -127,7 +127,7 @@ def _run_points() -> dict[str, Any]:
             **{k: str(v) for k, v in knobs},
             "REDIS_PREFIX": f"{prefix}:growth-{number}",
         }
-        runs[(benchmark, knobs)] = _run_one(benchmark, f"{number}/{len(runs)}{shown}", env)
+        runs[(benchmark, knobs)] = run_one(benchmark, f"{number}/{len(runs)}{shown}", env)
     figures: dict[str, Any] = {}
     for curve in CURVES:
         results = [runs[_run_of(curve, point)] for point in curve.points]

@@ -8,6 +8,7 @@ connected, phases, rates), prefixed with its name. The table goes to stdout at t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -21,11 +22,12 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+import psutil
 import redis
 
 from tests.processes import run_admin_sql
 
-BENCHMARKS = ["dispatch", "accept", "push", "nearby", "gateway", "booking", "location"]
+BENCHMARKS = ["dispatch", "accept", "push", "nearby", "gateway", "booking", "location", "growth"]
 # Run this many times, each figure the median of the runs (every run kept under "runs"): the
 # end-to-end latencies move with what else the machine does.
 REPEATS = {"dispatch": 3}
@@ -34,6 +36,10 @@ ADMIN_URL = os.environ.get(
     "BENCH_DATABASE_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BENCHMARK_TIMEOUT_S = 240
+# bench.growth runs a dozen benchmarks' points one after the other, each under
+# BENCHMARK_TIMEOUT_S of its own: about 15 minutes on a quiet machine, 35 on a busy one.
+TIMEOUT_S = {"growth": 2_400}
+STOP_GRACE_S = 15
 STILL_RUNNING_EVERY_S = 30
 
 
@@ -56,24 +62,41 @@ def _relay(stream: IO[str], prefix: str) -> None:
         _progress(f"{prefix}{line.rstrip()}")
 
 
-def _wait(child: subprocess.Popen[str], tag: str, started: float) -> str | None:
+def _stop(child: subprocess.Popen[str]) -> None:
+    """End a benchmark and every process under it: the servers it started run in sessions
+    of their own (tests.processes), which killing the benchmark alone leaves running."""
+    try:
+        tree = [psutil.Process(child.pid)]
+        tree += tree[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    for process in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(tree, timeout=STOP_GRACE_S)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    child.wait()
+
+
+def _wait(child: subprocess.Popen[str], tag: str, started: float, timeout_s: float) -> str | None:
     """Wait for a benchmark, saying every STILL_RUNNING_EVERY_S that it still runs (most
     have phases that print nothing); why it failed, or None."""
-    deadline = started + BENCHMARK_TIMEOUT_S
+    deadline = started + timeout_s
     while True:
         try:
             code = child.wait(min(STILL_RUNNING_EVERY_S, max(deadline - time.monotonic(), 0)))
         except subprocess.TimeoutExpired:
             if time.monotonic() >= deadline:
-                child.kill()
-                child.wait()
-                return f"no result in {BENCHMARK_TIMEOUT_S} s"
+                _stop(child)
+                return f"no result in {timeout_s} s"
             _progress(f"{tag}: still running, {time.monotonic() - started:.0f} s")
             continue
         return None if code == 0 else f"exit {code}"
 
 
-def _run_one(name: str, position: str, env: dict[str, str]) -> dict[str, object]:
+def run_one(name: str, position: str, env: dict[str, str]) -> dict[str, object]:
     """Run `bench.<name>` in its own process, its figures from its last stdout line."""
     tag = f"[{position}] {name}"
     _progress(f"{tag}: starting…")
@@ -91,7 +114,7 @@ def _run_one(name: str, position: str, env: dict[str, str]) -> dict[str, object]
         assert child.stderr is not None
         relay = threading.Thread(target=_relay, args=(child.stderr, f"    {name}: "), daemon=True)
         relay.start()
-        failure = _wait(child, tag, started)
+        failure = _wait(child, tag, started, TIMEOUT_S.get(name, BENCHMARK_TIMEOUT_S))
         relay.join(5)
         stdout.seek(0)
         printed = stdout.read()
@@ -120,7 +143,7 @@ def median_of(runs: list[dict[str, object]]) -> dict[str, object]:
 def run_benchmark(name: str, position: str, env: dict[str, str]) -> dict[str, object]:
     """`bench.<name>` once, or REPEATS[name] times merged by `median_of`; a failed run fails it."""
     runs = [
-        _run_one(name, f"{position} run {n}" if REPEATS.get(name, 1) > 1 else position, env)
+        run_one(name, f"{position} run {n}" if REPEATS.get(name, 1) > 1 else position, env)
         for n in range(1, REPEATS.get(name, 1) + 1)
     ]
     failed = [run for run in runs if "error" in run]
