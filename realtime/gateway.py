@@ -292,8 +292,8 @@ _NO_BODY = _NoBody()
 
 async def _translate_request(scope: dict[str, Any], receive: Any, send: Any) -> dict[str, Any]:
     """python-engineio's environ for an ASGI request, without its body reader on a websocket:
-    the reader is an instance of a class engineio defines anew for every request (~2.5 KB),
-    which the environ kept alive for the whole life of the socket."""
+    the reader is an instance of a class engineio defines anew for every request, which the
+    environ kept alive for the whole life of the socket (3.7 KB of 39.5 a connection)."""
     environ: dict[str, Any] = await engineio_asgi.translate_request(scope, receive, send)
     if environ and scope["type"] == "websocket":
         environ["wsgi.input"] = _NO_BODY
@@ -302,7 +302,8 @@ async def _translate_request(scope: dict[str, Any], receive: Any, send: Any) -> 
 
 class GatewayServer(socketio.AsyncServer):
     """python-socketio's server, refusing reserved event names and closing sessions that
-    do not sign in. Both hooks are private methods of python-socketio 5.x; the tests in
+    do not sign in. Both hooks are private methods of python-socketio 5.x, and so is
+    python-engineio's `_async` table, where `_translate_request` goes; the tests in
     tests/test_gateway_hardening.py pin what they do."""
 
     manager_initialized: bool
