@@ -13,6 +13,9 @@ from datetime import UTC, datetime
 import jwt
 import pytest
 import redis
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from hpack import Decoder
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -23,6 +26,13 @@ from tests.processes import wait_until
 from workers import apns
 from workers.apns import Outcome, Push, classify, provider_token, send_pushes
 from workers.apns.aioapns_pool import AIOAPNS_VERSION
+from workers.apns.push_connection import (
+    PER_PUSH_HEADERS,
+    STREAMS_KEPT,
+    PushConnection,
+    PushHeaderEncoder,
+    literal_without_indexing,
+)
 from workers.apns.sender import current_sender
 from workers.notifications import push_backoff_s
 
@@ -506,3 +516,53 @@ def test_push_backoff_grows_with_jitter_and_a_floor() -> None:
         delays = [push_backoff_s(attempt) for _ in range(200)]
         assert low <= min(delays) and max(delays) <= high
         assert len(set(delays)) > 1
+
+
+# --- h2 made cheap for pushes (workers.apns.push_connection) -------------------------------
+
+
+def push_headers(n: int, provider_token: str = "bearer " + "t" * 180) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":path", f"/3/device/{token(n)}".encode()),
+        (b"host", b"api.push.apple.com"),
+        (b"apns-id", f"00000000-0000-4000-8000-{n:012x}".encode()),
+        (b"apns-topic", b"com.example.dispatch"),
+        (b"apns-collapse-id", b"job-7"),
+        (b"authorization", provider_token.encode()),
+    ]
+
+
+def test_push_header_blocks_decode_to_the_headers_and_keep_the_table_for_the_constants() -> None:
+    encoder, decoder = PushHeaderEncoder(), Decoder()
+    blocks = [encoder.encode(push_headers(n)) for n in range(50)]
+    blocks.append(encoder.encode(push_headers(50, "bearer " + "u" * 180)))  # a new token
+    blocks.append(encoder.encode(push_headers(51, "bearer " + "u" * 180)))
+    for n, block in enumerate(blocks):
+        expected = push_headers(n, "bearer " + ("u" if n >= 50 else "t") * 180)
+        assert decoder.decode(block, raw=True) == expected
+    table = list(decoder.header_table.dynamic_entries)
+    assert not {name for name, _ in table} & PER_PUSH_HEADERS
+    # After the first push only the two per-push values are literals: each constant is one byte.
+    sizes = [
+        len(literal_without_indexing(name, value)) if name in PER_PUSH_HEADERS else 1
+        for name, value in push_headers(1)
+    ]
+    assert len(blocks[1]) == sum(sizes)
+    assert len(blocks[51]) == len(blocks[1])
+
+
+def test_a_push_connection_forgets_closed_streams() -> None:
+    client = PushConnection()
+    server = H2Connection(H2Configuration(client_side=False))
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    for stream_id in range(1, 2 * 3 * STREAMS_KEPT, 2):
+        client.send_headers(stream_id, push_headers(stream_id), end_stream=True)
+        server.receive_data(client.data_to_send())
+        server.send_headers(stream_id, [(":status", "200")], end_stream=True)
+        client.receive_data(server.data_to_send())
+        assert len(client.streams) <= STREAMS_KEPT

@@ -24,6 +24,7 @@ from aioapns.connection import (
 
 from settings import settings
 from workers.apns.provider_token import SharedProviderToken
+from workers.apns.push_connection import PushConnection
 from workers.apns.pushes import APPLE_HOSTS, Push
 
 AIOAPNS_VERSION = "4.0"
@@ -66,11 +67,20 @@ class DispatchProtocol(APNsTLSClientProtocol):
     received DATA is acknowledged (it never was, so ~64 KiB of error bodies stalled a
     connection); an error answer is read when its stream ends, so a missing or non-JSON body
     cannot hang a send; answers and losses for sends already given up on (a caller's timeout)
-    are skipped instead of raising InvalidStateError; finished streams are forgotten."""
+    are skipped instead of raising InvalidStateError; finished streams are forgotten.
+
+    And cheaper per push than aioapns's (CPU is what limits a push worker): headers built as
+    bytes, on a PushConnection (h2 made cheap for pushes); what the pushes of one loop
+    iteration send goes out in one write; the idle timer is re-armed when it fires, not on
+    every write."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.conn = PushConnection()
+        self.host = self.APNS_SERVER.encode()
         self.bodies: dict[int, bytearray] = {}
+        self.write_due = False
+        self.last_write = self.loop.time()
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
         """aioapns 4.0's own, but with `_headers` and compact JSON; its future is made on
@@ -85,25 +95,55 @@ class DispatchProtocol(APNsTLSClientProtocol):
         self.request_streams[stream_id] = request.notification_id
         return await answer
 
-    def _headers(self, request: NotificationRequest) -> list[tuple[str, str]]:
+    def _headers(self, request: NotificationRequest) -> list[tuple[bytes, bytes]]:
         headers = [
-            (":method", "POST"),
-            (":scheme", "https"),
-            (":path", f"/3/device/{request.device_token}"),
-            ("host", self.APNS_SERVER),
-            ("apns-id", request.notification_id),
-            ("apns-topic", request.apns_topic or self.apns_topic),
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":path", b"/3/device/" + request.device_token.encode()),
+            (b"host", self.host),
+            (b"apns-id", request.notification_id.encode()),
+            (b"apns-topic", (request.apns_topic or self.apns_topic).encode()),
         ]
         optional = {
-            "apns-push-type": request.push_type.value if request.push_type else None,
-            "apns-priority": request.priority,
-            "apns-collapse-id": request.collapse_key,
-            "apns-expiration": getattr(request, "expiration", None),
+            b"apns-push-type": request.push_type.value if request.push_type else None,
+            b"apns-priority": request.priority,
+            b"apns-collapse-id": request.collapse_key,
+            b"apns-expiration": getattr(request, "expiration", None),
         }
-        headers += [(name, str(value)) for name, value in optional.items() if value is not None]
+        headers += [(name, str(v).encode()) for name, v in optional.items() if v is not None]
         if self.auth_provider is not None:
-            headers.append(("authorization", self.auth_provider.get_header()))
+            headers.append((b"authorization", self.auth_provider.get_header().encode()))
         return headers
+
+    def flush(self) -> None:
+        """Written once the loop has run what is ready now: the pushes a batch of answers
+        lets through share one TLS record and one send, instead of one each."""
+        if not self.write_due:
+            self.write_due = True
+            self.loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        self.write_due = False
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+        self.last_write = self.loop.time()
+
+    def refresh_inactivity_timer(self) -> None:
+        """Closed after INACTIVITY_TIME without a write, as aioapns does, without a new timer
+        for every write."""
+        if self.inactivity_timer is None:
+            self.inactivity_timer = self.loop.call_later(self.INACTIVITY_TIME, self._idle_check)
+
+    def _idle_check(self) -> None:
+        idle_s = self.loop.time() - self.last_write
+        if idle_s >= self.INACTIVITY_TIME:
+            self.inactivity_timer = None
+            self.close()
+        else:
+            self.inactivity_timer = self.loop.call_later(
+                self.INACTIVITY_TIME - idle_s, self._idle_check
+            )
 
     def on_response_received(self, headers: dict[bytes, bytes]) -> None:
         """aioapns 4.0 calls `set_result` on a future its caller already cancelled

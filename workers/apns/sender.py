@@ -9,7 +9,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
@@ -67,22 +67,38 @@ class Sender:
         return self.pools[environment]
 
     async def send_all(self, pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
-        """Every push answered, or given up on, by `timeout_s` from now."""
+        """Every push answered, or given up on, by `timeout_s` from now. MAX_IN_FLIGHT
+        senders take the pushes in turn (not a task and a timer for each push); a push not
+        answered by the deadline, sent or still waiting, is a timeout."""
         deadline = self.loop.time() + timeout_s
         try:
             async with asyncio.timeout_at(deadline):
                 await asyncio.to_thread(self.auth.refresh)
         except TimeoutError:
             return [_result(push, None, "timeout") for push in pushes]
-        return list(await asyncio.gather(*(self.send(push, deadline) for push in pushes)))
+        answers: list[tuple[int | None, str | None]] = [(None, "timeout")] * len(pushes)
+        queue = iter(enumerate(pushes))
+        senders = [
+            self._send_in_turn(queue, answers, deadline)
+            for _ in range(min(MAX_IN_FLIGHT, len(pushes)))
+        ]
+        await asyncio.gather(*senders)
+        return [_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
 
-    async def send(self, push: Push, deadline: float) -> PushResult:
+    async def _send_in_turn(
+        self,
+        queue: Iterator[tuple[int, Push]],
+        answers: list[tuple[int | None, str | None]],
+        deadline: float,
+    ) -> None:
+        """Send the next push of `queue` until none is left or the deadline passes."""
         try:
-            async with asyncio.timeout_at(deadline), self.in_flight:
-                status, reason = await self._deliver(push)
+            async with asyncio.timeout_at(deadline):
+                for index, push in queue:
+                    async with self.in_flight:
+                        answers[index] = await self._deliver(push)
         except TimeoutError:
-            status, reason = None, "timeout"
-        return _result(push, status, reason)
+            pass  # the push in hand, and those never taken, keep their (None, "timeout")
 
     async def _deliver(self, push: Push) -> tuple[int | None, str | None]:
         """One send; after ExpiredProviderToken, one more with a freshly signed token."""
