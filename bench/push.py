@@ -1,7 +1,8 @@
 """Push throughput: pushes per second ONE process delivers to the fake APNs over HTTP/2 for a
 fan-out of 5,000 tokens, through `workers.apns.send_pushes` as the push worker calls it (its
-aioapns pool, its bound of pushes in flight, its shared provider token), and the CPU time the
-sending process spends per push (less sensitive to other load on the machine than the rate).
+aioapns pool, its bound of pushes in flight, its shared provider token), and the CPU time spent
+per push (less sensitive to other load on the machine than the rate): `cpu_us_per_push` by the
+whole sending process, `sender_cpu_us_per_push` by the sender's own loop thread alone.
 
 Beside it, the same fan-outs through bench/push_httpx.py (the same sender on httpx with HTTP/2
 instead of aioapns), to re-measure the choice of client.
@@ -32,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
@@ -41,6 +42,7 @@ from fake_apns import FakeAPNs, make_credentials
 from fake_apns.certs import Credentials
 from settings import settings
 from workers.apns import MAX_IN_FLIGHT, Outcome, Push, PushResult, send_pushes, shutdown
+from workers.apns.sender import Sender, current_sender
 
 FAN_OUT = 5_000
 WARM_UP = 500
@@ -115,18 +117,35 @@ def _push(n: int) -> Push:
 Deliver = Callable[[Sequence[Push], float], list[PushResult]]
 
 
-def _send(deliver: Deliver, first: int, count: int) -> tuple[float, float, int]:
-    """Seconds and CPU seconds (this process, every thread) for one call of `count` distinct
-    tokens, and how many were delivered."""
+class Run(NamedTuple):
+    """One fan-out: seconds, CPU seconds of the process (every thread) and of the sender's
+    loop thread alone, and how many pushes were delivered."""
+
+    seconds: float
+    cpu_s: float
+    sender_cpu_s: float
+    delivered: int
+
+
+def _thread_cpu_s(sender: Sender) -> float:
+    assert sender.thread.ident is not None
+    return time.clock_gettime(time.pthread_getcpuclockid(sender.thread.ident))
+
+
+def _send(deliver: Deliver, sender: Callable[[], Sender], first: int, count: int) -> Run:
+    """One call of `count` distinct tokens through `deliver`, whose loop is `sender()`'s."""
     pushes = [_push(n) for n in range(first, first + count)]
+    loop = sender()
     started, cpu_started = time.perf_counter(), time.process_time()
+    sender_cpu_started = _thread_cpu_s(loop)
     results = deliver(pushes, SEND_TIMEOUT_S)
+    sender_cpu = _thread_cpu_s(loop) - sender_cpu_started
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     delivered = sum(1 for r in results if r.outcome is Outcome.delivered)
     if delivered != count:
         failures = Counter(f"{r.status} {r.reason}" for r in results if r.status != 200)
         print(f"{count - delivered} of {count} not delivered: {dict(failures)}", file=sys.stderr)
-    return elapsed, cpu, delivered
+    return Run(elapsed, cpu, sender_cpu, delivered)
 
 
 def _through_httpx(sender: HttpxSender) -> Deliver:
@@ -201,20 +220,27 @@ def _measure(server: _Server, directory: Path) -> dict[str, Any]:
     _configure(credentials, server.port)
     h2load_argv = _h2load_files(credentials, server.port, directory) if _has_h2load() else None
     httpx_sender = HttpxSender()
-    senders: dict[str, Deliver] = {"aioapns": send_pushes, "httpx": _through_httpx(httpx_sender)}
+    senders: dict[str, tuple[Deliver, Callable[[], Sender]]] = {
+        "aioapns": (send_pushes, current_sender),
+        "httpx": (_through_httpx(httpx_sender), lambda: httpx_sender),
+    }
     try:
         runs = _runs(server, senders, h2load_argv)
     finally:
         httpx_sender.close()
-    for name, (rates, cpu_us) in runs.items():
-        print(f"{name}: pushes/s {rates}; CPU µs/push {cpu_us}", file=sys.stderr)
-    rate, cpu = (statistics.median(runs["aioapns"][i]) for i in (0, 1))
+    for name, (rates, cpu_us, sender_cpu_us) in runs.items():
+        print(
+            f"{name}: pushes/s {rates}; CPU µs/push {cpu_us} (its loop thread {sender_cpu_us})",
+            file=sys.stderr,
+        )
+    rate, cpu, sender_cpu = (statistics.median(runs["aioapns"][i]) for i in (0, 1, 2))
     httpx_rate, httpx_cpu = (statistics.median(runs["httpx"][i]) for i in (0, 1))
-    floors = runs.get("h2load", ([], []))[0]
+    floors = runs.get("h2load", ([], [], []))[0]
     floor = statistics.median(floors) if floors and all(floors) else None
     return {
         "per_s": round(rate, 1),
         "cpu_us_per_push": round(cpu),
+        "sender_cpu_us_per_push": round(sender_cpu),
         "floor_per_s": round(floor, 1) if floor else None,
         "ratio": round(rate / floor, 2) if floor else None,
         "httpx_per_s": round(httpx_rate, 1),
@@ -223,25 +249,29 @@ def _measure(server: _Server, directory: Path) -> dict[str, Any]:
 
 
 def _runs(
-    server: _Server, senders: dict[str, Deliver], h2load_argv: list[str] | None
-) -> dict[str, tuple[list[float], list[float]]]:
-    """RUNS fan-outs of each sender (and h2load), alternating: pushes/s and CPU µs a push."""
-    runs: dict[str, tuple[list[float], list[float]]] = {}
-    for deliver in senders.values():
-        _send(deliver, 10 * FAN_OUT, WARM_UP)  # connect, sign the provider token, warm up
+    server: _Server,
+    senders: dict[str, tuple[Deliver, Callable[[], Sender]]],
+    h2load_argv: list[str] | None,
+) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """RUNS fan-outs of each sender (and h2load), alternating: pushes/s, and CPU µs a push of
+    the process and of the sender's loop thread alone."""
+    runs: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    for deliver, sender in senders.values():
+        _send(deliver, sender, 10 * FAN_OUT, WARM_UP)  # connect, sign the token, warm up
     for run in range(RUNS):
-        for name, deliver in senders.items():
+        for name, (deliver, sender) in senders.items():
             server.clear()
-            elapsed, cpu, delivered = _send(deliver, run * FAN_OUT, FAN_OUT)
-            if delivered != FAN_OUT:
+            done = _send(deliver, sender, run * FAN_OUT, FAN_OUT)
+            if done.delivered != FAN_OUT:
                 raise RuntimeError(f"{name}: not every push delivered, the rate means nothing")
-            rates, cpu_us = runs.setdefault(name, ([], []))
-            rates.append(round(FAN_OUT / elapsed))
-            cpu_us.append(round(cpu / FAN_OUT * 1e6))
+            rates, cpu_us, sender_cpu_us = runs.setdefault(name, ([], [], []))
+            rates.append(round(FAN_OUT / done.seconds))
+            cpu_us.append(round(done.cpu_s / FAN_OUT * 1e6))
+            sender_cpu_us.append(round(done.sender_cpu_s / FAN_OUT * 1e6))
         if h2load_argv is not None:
             server.clear()
             floor = _h2load(h2load_argv)
-            runs.setdefault("h2load", ([], []))[0].append(round(floor) if floor else 0)
+            runs.setdefault("h2load", ([], [], []))[0].append(round(floor) if floor else 0)
     return runs
 
 
