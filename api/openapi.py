@@ -18,7 +18,6 @@ from flask_openapi3_swagger.templates import swagger_html_string
 from pydantic import BaseModel
 
 from api.errors import STATUS_BY_CODE
-from api.json_provider import OrjsonProvider
 from api.schemas import ErrorBody
 from api.validation import ROLES_EXTENSION, JsonBodyRequest, validation_failed
 
@@ -30,10 +29,9 @@ EXPLORER_FILES = Path(flask_openapi3_swagger.__file__).parent / "templates" / "s
 
 class DispatchAPI(OpenAPI):
     """The Flask app, with the document flask-openapi3 builds. Every request's JSON body is
-    read the contract's way (JsonBodyRequest); answers are dumped by orjson."""
+    read the contract's way (JsonBodyRequest)."""
 
     request_class = JsonBodyRequest
-    json_provider_class = OrjsonProvider
 
     def generate_spec_json(self) -> None:
         """flask-openapi3 gives every operation that names no 422 a generic one (a list of
