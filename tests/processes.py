@@ -109,7 +109,11 @@ class Process:
         self._log.close()
 
 
-def start_web(log_dir: Path, env: dict[str, str] | None = None) -> tuple[Process, int]:
+def start_web(
+    log_dir: Path, env: dict[str, str] | None = None, app: str = "api:create_app()"
+) -> tuple[Process, int]:
+    """The web process as the Procfile runs it, serving `app` (a benchmark serves the API
+    with a route of its own added: bench.floor_app)."""
     port = free_port()
     process = Process(
         "web",
@@ -126,7 +130,7 @@ def start_web(log_dir: Path, env: dict[str, str] | None = None) -> tuple[Process
             "--no-control-socket",  # gunicorn 27 shares one control socket path per user
             "--logger-class",
             "api.monitoring.GunicornLogger",  # as the Procfile: the app logs each request
-            "api:create_app()",
+            app,
         ],
         log_dir,
         env or {},
