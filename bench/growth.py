@@ -165,15 +165,16 @@ def _latency_plot(
     ax.legend()
 
 
+def _label(ax: Any, text: str, xy: tuple[float, float], offset: tuple[int, int]) -> None:
+    """A small note beside a plotted point."""
+    ax.annotate(text, xy, textcoords="offset points", xytext=offset, fontsize=8)
+
+
 def _lost(ax: Any, points: list[dict[str, Any]], x: str) -> None:
     """Each point's offers that did not arrive while it was measured, beside its p99."""
     for p in _measured(points, "p99_ms", "lost", "offers"):
-        ax.annotate(
-            f"{p['lost']:,} of {p['lost'] + p['offers']:,} lost",
-            (p[x], p["p99_ms"]),
-            textcoords="offset points",
-            xytext=(5, 5),
-            fontsize=8,
+        _label(
+            ax, f"{p['lost']:,} of {p['lost'] + p['offers']:,} lost", (p[x], p["p99_ms"]), (5, 5)
         )
 
 
@@ -197,12 +198,8 @@ def _plot_nearby(ax: Any, points: list[dict[str, Any]]) -> None:
     ax.set_xlabel("drivers in the geo index (same 6° × 6° box)")
     ax.set_title("Nearby query (eligible_drivers)")
     for p in _measured(points, "p50_ms", "drivers_per_query"):
-        ax.annotate(
-            f"{p['drivers_per_query']:,} found",
-            (p["drivers_indexed"], p["p50_ms"]),
-            textcoords="offset points",
-            xytext=(5, -12),
-            fontsize=8,
+        _label(
+            ax, f"{p['drivers_per_query']:,} found", (p["drivers_indexed"], p["p50_ms"]), (5, -12)
         )
 
 
@@ -217,13 +214,7 @@ def _plot_gateway(axes: Any, points: list[dict[str, Any]]) -> None:
     memory.set_ylim(bottom=0)
     memory.grid(True, alpha=0.3)
     for p in shown:
-        memory.annotate(
-            f"{p['kb_per_connection']} KB/socket",
-            (p["sockets"], p["rss_mb"]),
-            textcoords="offset points",
-            xytext=(5, -12),
-            fontsize=8,
-        )
+        _label(memory, f"{p['kb_per_connection']} KB/socket", (p["sockets"], p["rss_mb"]), (5, -12))
     fanout.plot(xs, [p["fanout_1000_ms"] for p in shown], "o-", label="median of 7")
     fanout.plot(xs, [p["fanout_1000_max_ms"] for p in shown], "s-", label="worst of 7")
     fanout.set_xlabel("sockets held by one gateway")

@@ -19,8 +19,9 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 import redis
@@ -62,7 +63,7 @@ def _relay(stream: IO[str], prefix: str) -> None:
         _progress(f"{prefix}{line.rstrip()}")
 
 
-def _stop(child: subprocess.Popen[str]) -> None:
+def stop_tree(child: subprocess.Popen[Any]) -> None:
     """End a benchmark and every process under it: the servers it started run in sessions
     of their own (tests.processes), which killing the benchmark alone leaves running."""
     try:
@@ -89,7 +90,7 @@ def _wait(child: subprocess.Popen[str], tag: str, started: float, timeout_s: flo
             code = child.wait(min(STILL_RUNNING_EVERY_S, max(deadline - time.monotonic(), 0)))
         except subprocess.TimeoutExpired:
             if time.monotonic() >= deadline:
-                _stop(child)
+                stop_tree(child)
                 return f"no result in {timeout_s} s"
             _progress(f"{tag}: still running, {time.monotonic() - started:.0f} s")
             continue
@@ -152,15 +153,18 @@ def run_benchmark(name: str, position: str, env: dict[str, str]) -> dict[str, ob
     return runs[0] if len(runs) == 1 else median_of(runs)
 
 
-def main() -> int:
-    only = sys.argv[1:] or BENCHMARKS
+@contextlib.contextmanager
+def throwaway_stores(kind: str) -> Iterator[dict[str, str]]:
+    """A migrated database and a Redis prefix of their own (`dispatch_<kind>_<id>`,
+    `<kind>-<id>`) for one run: the environment to run it in; both removed afterwards."""
     run_id = uuid.uuid4().hex[:8]
-    database = f"dispatch_bench_{run_id}"
+    database = f"dispatch_{kind}_{run_id}"
+    prefix = f"{kind}-{run_id}"
     run_admin_sql(ADMIN_URL, f'CREATE DATABASE "{database}"')
     env = {
         **os.environ,
         "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + "/" + database,
-        "REDIS_PREFIX": f"bench-{run_id}",
+        "REDIS_PREFIX": prefix,
         "AUTO_APPROVE_DRIVERS": "true",
         "PYTHONUNBUFFERED": "1",
     }
@@ -168,20 +172,26 @@ def main() -> int:
         env.pop(unset, None)
     try:
         dispatch_cli = str(Path(sys.executable).parent / "dispatch")
-        _progress(f"migrating the benchmark database {database}…")
+        _progress(f"migrating the {kind} database {database}…")
         subprocess.run(
             [dispatch_cli, "migrate"], cwd=HERE.parent, env=env, check=True, stdout=sys.stderr
         )
+        yield env
+    finally:
+        run_admin_sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        r = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+        for key in r.scan_iter(match=f"{prefix}:*", count=1000):
+            r.delete(key)
+        r.close()
+
+
+def main() -> int:
+    only = sys.argv[1:] or BENCHMARKS
+    with throwaway_stores("bench") as env:
         results = {
             name: run_benchmark(name, f"{number}/{len(only)}", env)
             for number, name in enumerate(only, start=1)
         }
-    finally:
-        run_admin_sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        r = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        for key in r.scan_iter(match=f"bench-{run_id}:*", count=1000):
-            r.delete(key)
-        r.close()
     report = {
         "machine": _machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

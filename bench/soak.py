@@ -19,49 +19,24 @@ a pass."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
-import redis
-
-from bench.run import ADMIN_URL
-from tests.processes import run_admin_sql
+from bench.run import stop_tree, throwaway_stores
 
 HERE = Path(__file__).resolve().parent
 
 
 def main() -> int:
-    run_id = uuid.uuid4().hex[:8]
-    database = f"dispatch_soak_{run_id}"
-    prefix = f"soak-{run_id}"
-    env = {
-        **os.environ,
-        "DATABASE_URL": ADMIN_URL.rsplit("/", 1)[0] + "/" + database,
-        "REDIS_PREFIX": prefix,
-        "AUTO_APPROVE_DRIVERS": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
-    for unset in ("APNS_KEY_PATH", "APNS_HOST", "CELERY_BROKER_URL"):
-        env.pop(unset, None)
-    run_admin_sql(ADMIN_URL, f'CREATE DATABASE "{database}"')
-    try:
-        print(f"migrating the soak database {database}…", file=sys.stderr, flush=True)
-        dispatch_cli = str(Path(sys.executable).parent / "dispatch")
-        subprocess.run(
-            [dispatch_cli, "migrate"], cwd=HERE.parent, env=env, check=True, stdout=sys.stderr
-        )
-        return subprocess.run(
-            [sys.executable, "-m", "bench.soak_run"], cwd=HERE.parent, env=env
-        ).returncode
-    finally:
-        run_admin_sql(ADMIN_URL, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        r = redis.Redis.from_url(env.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
-        for key in r.scan_iter(match=f"{prefix}:*", count=1000):
-            r.delete(key)
-        r.close()
+    with throwaway_stores("soak") as env:
+        child = subprocess.Popen([sys.executable, "-m", "bench.soak_run"], cwd=HERE.parent, env=env)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            # The servers run in sessions of their own: Ctrl-C reaches none of them.
+            stop_tree(child)
+            raise
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 from fake_apns import FakeAPNs, make_credentials
 from fake_apns.certs import Credentials
-from fake_apns.server import DEVICE_PATH, _Stream
+from fake_apns.server import DEVICE_PATH, _Stream, push_payload
 
 PushRow = tuple[str, str | None, int | None, int, float]  # token, type, job id, status, at
 
@@ -27,12 +27,7 @@ class RecordingAPNs(FakeAPNs):
 
     def record(self, stream: _Stream, status: int, reason: str | None, connection: int) -> None:
         path = stream.headers.get(":path", "")
-        try:
-            payload = json.loads(stream.body)
-        except ValueError:
-            payload = {}
-        if not isinstance(payload, dict):
-            payload = {}
+        payload = push_payload(stream)
         job_id = payload.get("job_id")
         self.rows.append(
             (

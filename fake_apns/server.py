@@ -189,6 +189,15 @@ class _Connection(asyncio.Protocol):
             self.conn.send_data(stream_id, body, end_stream=True)
 
 
+def push_payload(stream: _Stream) -> dict[str, Any]:
+    """A push's JSON body as an object; {} when it is not one."""
+    try:
+        payload = json.loads(stream.body)
+    except ValueError:
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
 class FakeAPNs:
     """Start with `start()`; `received()` lists what arrived; `behave()` sets a token's
     answer; `down()` / `up()` take the whole server off and back on the same port."""
@@ -388,14 +397,10 @@ class FakeAPNs:
 
     def record(self, stream: _Stream, status: int, reason: str | None, connection: int) -> None:
         path = stream.headers.get(":path", "")
-        try:
-            payload = json.loads(stream.body)
-        except ValueError:
-            payload = {}
         push = ReceivedPush(
             token=path.removeprefix(DEVICE_PATH).lower() if path.startswith(DEVICE_PATH) else "",
             headers={k: v for k, v in stream.headers.items() if not k.startswith(":")},
-            payload=payload if isinstance(payload, dict) else {},
+            payload=push_payload(stream),
             status=status,
             reason=reason,
             connection=connection,
