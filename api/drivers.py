@@ -26,9 +26,9 @@ from models.drivers import driver_profile, report_location, set_availability
 from models.errors import ServiceUnavailable
 from models.jobs import current_job, driver_jobs
 from models.offers import driver_feed
-from models.rooms import OPERATORS_ROOM, customer_room
+from models.rooms import OPERATORS_ROOM
 from models.schemas import OfferView, as_json
-from workers.events import emit
+from workers.events import emit, emit_each
 from workers.metrics import LOCATION_REPORTS
 
 log = logging.getLogger(__name__)
@@ -103,11 +103,7 @@ def location(body: LocationBody) -> tuple[str, int]:
     try:
         report = report_location(redis_connection(), driver.id, body.lat, body.lng)
         LOCATION_REPORTS.labels("rest").inc()
-        update = report.customer_update
-        if update is not None:
-            emit("job:driver_location", update.payload, [customer_room(update.customer_id)])
-        if report.for_operators is not None:
-            emit("ops:driver_position", report.for_operators, [OPERATORS_ROOM])
+        emit_each(report.events())
     except redis.RedisError as exc:
         raise ServiceUnavailable("Your position could not be stored; send it again.") from exc
     return "", 204

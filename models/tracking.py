@@ -24,6 +24,7 @@ import redis
 
 from models.jobs import ON_JOB, Job, JobStatus
 from models.positions import dispatchable_key, geo_key, indexable_lat, positions_key, seen_key
+from models.rooms import OPERATORS_ROOM, customer_room
 from settings import settings
 
 EARTH_RADIUS_KM = 6371.0088
@@ -91,6 +92,17 @@ class StoredReport:
 
     customer_update: LocationUpdate | None
     for_operators: dict[str, Any] | None
+
+    def events(self) -> list[tuple[str, dict[str, Any], str]]:
+        """The socket events owed, as (event, payload, room): what the API publishes and the
+        gateway emits for a report, whichever of them took it."""
+        owed = []
+        if self.customer_update is not None:
+            update = self.customer_update
+            owed.append(("job:driver_location", update.payload, customer_room(update.customer_id)))
+        if self.for_operators is not None:
+            owed.append(("ops:driver_position", self.for_operators, OPERATORS_ROOM))
+        return owed
 
 
 def target_key(driver_id: int) -> str:

@@ -45,7 +45,7 @@ from models.accounts import User, user_for_token
 from models.db import redis_connection, session_scope
 from models.drivers import report_location
 from models.errors import Unauthorized, error_body
-from models.rooms import OPERATORS_ROOM, customer_room, personal_room, socketio_channel
+from models.rooms import personal_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
 from settings import settings
 from workers.logs import bound
@@ -526,11 +526,8 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
                 report_location, redis_connection(), session["user_id"], where.lat, where.lng
             )
             LOCATION_REPORTS.labels("socket").inc()
-            update = report.customer_update
-            if update is not None:
-                await _relay_location(update.payload, update.customer_id)
-            if report.for_operators is not None:
-                await sio.emit("ops:driver_position", report.for_operators, room=OPERATORS_ROOM)
+            for event, payload, room in report.events():
+                await _relay_report(event, payload, room)
         except redis.RedisError:
             log.warning("location of driver %s not stored: Redis unavailable", session["user_id"])
             return _rejection(
@@ -539,12 +536,13 @@ async def driver_location(sid: str, data: Any = None) -> dict[str, Any]:
     return {"ok": True}
 
 
-async def _relay_location(payload: dict[str, Any], customer_id: int) -> None:
-    """`job:driver_location` to the job's customer: a line at DEBUG only (one a second for
-    every driver on a job)."""
+async def _relay_report(event: str, payload: dict[str, Any], room: str) -> None:
+    """An event a position report owes (`job:driver_location` to the job's customer,
+    `ops:driver_position` to the operators): a line at DEBUG only (one a second for every
+    driver on a job)."""
     with bound(job_id=payload.get("job_id")):
-        log.debug("job:driver_location to customer %s", customer_id)
-        await sio.emit("job:driver_location", payload, room=customer_room(customer_id))
+        log.debug("%s to %s", event, room)
+        await sio.emit(event, payload, room=room)
 
 
 app = socketio.ASGIApp(sio, other_asgi_app=metrics_app, on_startup=sio.subscribe_now)
