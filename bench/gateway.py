@@ -38,6 +38,7 @@ from typing import Any
 import websockets
 
 from bench.data import add_users, token_for
+from bench.location import cpu_seconds
 from models.rooms import driver_room
 from tests.processes import Process, start_gateway
 from workers.events import emit
@@ -246,11 +247,6 @@ def _rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _probe(clients: _Clients, driver_id: int) -> None:
     """One event to one driver, until it arrives: the whole path (publisher connection,
     gateway subscription) is live before the measured emit."""
@@ -284,9 +280,9 @@ def _measure(
     before = _rss_kb(pid)
     clients = _Clients(url, drivers_file, len(drivers))
     try:
-        cpu_before, started = _cpu_s(pid), time.monotonic()
+        cpu_before, started = cpu_seconds(pid), time.monotonic()
         connected = clients.connect()
-        connect_s, connect_cpu_s = time.monotonic() - started, _cpu_s(pid) - cpu_before
+        connect_s, connect_cpu_s = time.monotonic() - started, cpu_seconds(pid) - cpu_before
         print(
             f"{connected} connected in {connect_s:.1f} s;"
             f" gateway CPU {connect_cpu_s * 1000 / connected:.2f} ms a connection",

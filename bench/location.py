@@ -124,7 +124,7 @@ def seq_of(lat: float) -> int:
     return round((lat - BASE_LAT) / LAT_STEP)
 
 
-class _Socket:
+class Socket:
     """One Socket.IO client: answers pings, resolves acks, keeps the events it receives."""
 
     def __init__(self, member: Member, arrivals: list[Arrival]) -> None:
@@ -182,7 +182,7 @@ class _Socket:
 
 
 async def _report_every(
-    sock: _Socket, interval: float, start_at: float, end_at: float, out: list[Report]
+    sock: Socket, interval: float, start_at: float, end_at: float, out: list[Report]
 ) -> None:
     """Closed loop: one report outstanding at most, the next `interval` ±10 % later."""
     rng = random.Random(sock.user_id)
@@ -195,10 +195,10 @@ async def _report_every(
 
 async def _client(url: str, members: Sequence[Member], commands: Any, out: Any) -> None:
     arrivals: list[Arrival] = []
-    sockets = [_Socket(m, arrivals) for m in members]
+    sockets = [Socket(m, arrivals) for m in members]
     gate = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
 
-    async def connect(sock: _Socket) -> None:
+    async def connect(sock: Socket) -> None:
         async with gate:
             await sock.connect(url)
 

@@ -44,7 +44,7 @@ STOP_GRACE_S = 15
 STILL_RUNNING_EVERY_S = 30
 
 
-def _machine() -> dict[str, object]:
+def machine() -> dict[str, object]:
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -193,7 +193,7 @@ def main() -> int:
             for number, name in enumerate(only, start=1)
         }
     report = {
-        "machine": _machine(),
+        "machine": machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "results": results,
     }

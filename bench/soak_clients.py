@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import websockets
 
-from bench.location import BASE_LAT, HANDSHAKES_IN_FLIGHT, Arrival, _Socket
+from bench.location import BASE_LAT, HANDSHAKES_IN_FLIGHT, Arrival, Socket
 
 CLUSTERS = 50
 PER_CLUSTER = 20  # drivers 1 km apart around each centre; centres 1° (88 km) apart
@@ -100,7 +100,7 @@ class _App:
         self.arrivals: list[Arrival] = []
         self.members = {m.user_id: m for m in members}
         self.sockets = {
-            m.user_id: _Socket(
+            m.user_id: Socket(
                 (role, m.user_id, m.token, cluster_center(m.cluster)[1]), self.arrivals
             )
             for m in members
@@ -157,14 +157,14 @@ class _App:
     async def connect_all(self) -> None:
         gate = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
 
-        async def connect(sock: _Socket) -> None:
+        async def connect(sock: Socket) -> None:
             async with gate:
                 await sock.connect(self.control.ws_url)
             self.spawn(self.listen(sock))
 
         await asyncio.gather(*(connect(s) for s in self.sockets.values()))
 
-    async def listen(self, sock: _Socket) -> None:
+    async def listen(self, sock: Socket) -> None:
         try:
             await sock.read()
             why = "closed"

@@ -39,7 +39,7 @@ import psutil
 from sqlalchemy import text
 
 from bench.data import add_users, percentile, token_for
-from bench.run import _machine
+from bench.run import machine
 from bench.soak_apns import APNsProcess
 from bench.soak_check import (
     Observed,
@@ -522,7 +522,7 @@ def main() -> int:
     rows, figures = _checks(observed, rss)
     passed = all(ok for _, ok, _ in rows)
     report = {
-        "machine": _machine(),
+        "machine": machine(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "settings": {
             "seconds": SECONDS,
