@@ -17,22 +17,21 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from fake_apns import Behaviour, FakeAPNs, ReceivedPush
 from models.db import session_scope, utcnow
-from models.job_events import ANNOUNCEMENT_LOCK_CLASS, JobEvent
+from models.job_events import JobEvent
 from tests.events import EventTap
 from tests.factories import ORIGIN, Account, Answer, Factory, HttpClient
+from tests.held_tasks import announcement_waiting, announcements_held, next_job_id, tasks_received
 from tests.processes import (
     Process,
     free_port,
@@ -151,70 +150,20 @@ def _wait_settled(job_id: int, timeout_s: float = 30) -> None:
     wait_until(lambda: _settled(job_id), timeout_s, f"job {job_id}'s events announced, no push due")
 
 
-def _next_job_id() -> int:
-    """The id the next job will get (this run's database has no other writer)."""
-    conn = psycopg2.connect(os.environ["DATABASE_URL"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_get_serial_sequence('jobs', 'id')")
-            [sequence] = cur.fetchone()
-            cur.execute(f"SELECT last_value, is_called FROM {sequence}")
-            last_value, is_called = cur.fetchone()
-    finally:
-        conn.close()
-    return int(last_value) + 1 if is_called else int(last_value)
-
-
-@contextmanager
-def announcements_held(job_id: int) -> Iterator[None]:
-    """Hold the job's announcement lock, which every notify_* task takes before it reads
-    the event: the task waits on it, inside the worker, until the block ends."""
-    conn = psycopg2.connect(os.environ["DATABASE_URL"])
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_lock(%s, %s)", (ANNOUNCEMENT_LOCK_CLASS, job_id))
-        yield
-    finally:
-        conn.close()  # releases it
-
-
-def _announcement_waiting(job_id: int) -> bool:
-    conn = psycopg2.connect(os.environ["DATABASE_URL"])
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                " AND classid = %s::oid AND objid = %s::oid AND objsubid = 2",
-                (ANNOUNCEMENT_LOCK_CLASS, job_id),
-            )
-            [waiting] = cur.fetchone()
-    finally:
-        conn.close()
-    return bool(waiting)
-
-
-def _received(process: Process, task: str) -> int:
-    """How many `task` messages the worker's log shows it received."""
-    return sum(
-        1
-        for line in process.log().splitlines()
-        if f"workers.tasks.{task}[" in line and line.endswith("received")
-    )
-
-
 def _kill_dispatch_worker_holding(
     crew: Crew, task: str, job_id: int, change: Callable[[], Any]
 ) -> Process:
     """Make the change while the job's announcements are held, SIGKILL the dispatch worker
     once it has received `task` and waits inside it, and start a fresh one."""
     doomed = crew.processes["worker"]
-    before = _received(doomed, task)
+    before = tasks_received(doomed, task)
     with announcements_held(job_id):
         answer = change()
         assert answer.status_code in (200, 201), answer.json
-        wait_until(lambda: _received(doomed, task) > before, 10, f"the worker to receive {task}")
-        wait_until(lambda: _announcement_waiting(job_id), 10, f"{task} to wait on the job lock")
+        wait_until(
+            lambda: tasks_received(doomed, task) > before, 10, f"the worker to receive {task}"
+        )
+        wait_until(lambda: announcement_waiting(job_id), 10, f"{task} to wait on the job lock")
         crew.kill("worker")
     return crew.start("worker")
 
@@ -283,7 +232,7 @@ def test_worker_killed_holding_notify_nearby(
     customer = factory.customer()
     driver = factory.driver()
     phone = factory.device(driver)
-    job_id = _next_job_id()
+    job_id = next_job_id()
 
     _kill_dispatch_worker_holding(
         crew,
@@ -430,12 +379,12 @@ def test_push_worker_killed_holding_send_push(
     _wait_settled(job["id"])
     fake_apns.behave(phone, Behaviour(200, None, times=1, delay_s=300))  # the first hangs
     pusher = crew.processes["pushworker"]
-    before = _received(pusher, "send_push")
+    before = tasks_received(pusher, "send_push")
 
     assert _step(client, job["id"], "accept", driver).status_code == 200
     accepted = _event(job["id"], "accepted")
     assert _after(accepted, _seen_status(tap, job["id"], "accepted")) <= ANNOUNCED_WITHIN_S
-    wait_until(lambda: _received(pusher, "send_push") > before, 10, "send_push received")
+    wait_until(lambda: tasks_received(pusher, "send_push") > before, 10, "send_push received")
     wait_until(lambda: fake_apns.pending() == 1, 10, "the push to hang on APNs")
     crew.kill("pushworker")
     assert fake_apns.received(phone) == []  # never answered: the push is still owed

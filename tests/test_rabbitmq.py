@@ -25,6 +25,12 @@ from fake_apns import Behaviour, FakeAPNs
 from settings import settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Factory, HttpClient
+from tests.held_tasks import (
+    announcement_waiting,
+    announcements_held,
+    next_job_id,
+    tasks_received,
+)
 from tests.processes import (
     Process,
     RabbitMQVhost,
@@ -33,12 +39,6 @@ from tests.processes import (
     start_worker,
     start_workers,
     wait_until,
-)
-from tests.test_outbox_recovery import (
-    _announcement_waiting,
-    _next_job_id,
-    _received,
-    announcements_held,
 )
 
 pytestmark = pytest.mark.slow
@@ -65,26 +65,26 @@ def test_a_task_held_by_a_killed_worker_goes_at_once_to_another(
     driver = factory.driver()
     spare = start_worker(tmp_path, apns_env, "spare", concurrency=1)
     candidates = [workers[0], spare]  # both take tasks from `dispatch`
-    job_id = _next_job_id()
+    job_id = next_job_id()
     try:
         with EventTap() as tap:
             with announcements_held(job_id):
                 factory.job(customer)
                 wait_until(
-                    lambda: any(_received(w, "notify_nearby") for w in candidates),
+                    lambda: any(tasks_received(w, "notify_nearby") for w in candidates),
                     10,
                     "a worker to receive notify_nearby",
                 )
-                [holder] = [w for w in candidates if _received(w, "notify_nearby")]
+                [holder] = [w for w in candidates if tasks_received(w, "notify_nearby")]
                 [other] = [w for w in candidates if w is not holder]
-                wait_until(lambda: _announcement_waiting(job_id), 10, "the task to wait")
+                wait_until(lambda: announcement_waiting(job_id), 10, "the task to wait")
 
                 os.killpg(holder.popen.pid, signal.SIGKILL)  # master and pool child, unacked
                 killed_at = time.monotonic()
                 holder.popen.wait(10)
                 holder.stop()  # closes its log
                 workers[0] = other
-                wait_until(lambda: _received(other, "notify_nearby"), 30, "the redelivery")
+                wait_until(lambda: tasks_received(other, "notify_nearby"), 30, "the redelivery")
                 redelivered_after_s = time.monotonic() - killed_at
             # The lock is released: the other worker runs the task to its end.
             [(room, offer)] = tap.wait_for("job:new")
