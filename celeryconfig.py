@@ -54,6 +54,11 @@ else:
         "socket_connect_timeout": _settings.broker_publish_timeout_s,
         "socket_timeout": 5,
     }
+    if broker_url.startswith("redis://"):
+        # kombu's Redis transport, but one Redis client per channel for its commands instead
+        # of a new one for every publish and acknowledgement (workers/redis_transport.py).
+        # Not for rediss:// (kombu reads TLS from the scheme's own transport name).
+        broker_transport = "workers.redis_transport:Transport"
     _EXCHANGE_TYPE = "direct"
     _QUEUE_ARGUMENTS = None
 broker_connection_retry_on_startup = True
@@ -91,8 +96,11 @@ task_queues = (
         queue_arguments=_QUEUE_ARGUMENTS,
     ),
 )
+# A task names only its queue: Celery takes the queue's exchange and key from task_queues
+# (RabbitMQ), or, for a direct exchange (Redis), puts the task onto the queue by name, which
+# needs no binding looked up or declared first (workers.enqueue.DECLARE).
 task_routes = {
-    "workers.tasks.send_push": {"queue": "push", "exchange": "push", "routing_key": "push"},
+    "workers.tasks.send_push": {"queue": "push"},
     "workers.tasks.*": {"queue": "dispatch"},
 }
 

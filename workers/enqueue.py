@@ -34,6 +34,11 @@ TASKS = "workers.tasks"
 # it, rather than holding the request.
 CONFIRM_TIMEOUT_S = settings.broker_publish_timeout_s * 2
 PUBLISH_ERRORS = (KombuError, RedisError, OSError, MessageNacked)
+# The queues a publish declares first. RabbitMQ drops what reaches an exchange before its
+# queue is bound, so there Celery's default stands: the task's queue, declared once per
+# connection. On Redis a task goes onto its queue's list by name, declared or not, and
+# binding the queue to the channel again cost every publish a copy of queue and exchange.
+DECLARE = None if settings.broker_is_rabbitmq else ()
 
 # Which task announces which kind of event (each shows by name in Flower).
 TASK_FOR_EVENT = {
@@ -74,6 +79,9 @@ def enqueue(task: str, event_id: int) -> bool:
                 retry=False,
                 headers=task_headers(),
                 confirm_timeout=CONFIRM_TIMEOUT_S,
+                argsrepr=f"({event_id},)",  # what Celery's saferepr would make, without it
+                kwargsrepr="{}",
+                declare=DECLARE,
             )
     except PUBLISH_ERRORS as exc:
         log.error("could not enqueue %s for event %s (the sweep will): %s", task, event_id, exc)
