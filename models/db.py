@@ -17,8 +17,10 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Index,
+    Table,
     create_engine,
     event,
+    insert,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -55,6 +57,19 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     pass
+
+
+def insert_row(session: Session, model: type[Base], values: dict[str, Any]) -> int:
+    """Insert one row of `model`'s table in the session's transaction and return its id: one
+    INSERT … RETURNING, not a unit-of-work flush (which costs about a millisecond more). No
+    object is attached to the session."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return int(
+        session.connection()
+        .execute(insert(table).values(**values).returning(table.c.id))
+        .scalar_one()
+    )
 
 
 def one_of(column: str, values: type[StrEnum], name: str) -> CheckConstraint:

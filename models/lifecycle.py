@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.accounts import DriverProfile, User
-from models.db import utcnow
+from models.db import insert_row, utcnow
 from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
 from models.job_events import EventType, JobEvent, last_step, record_event
 from models.jobs import Job, JobStatus, Place, require_role
@@ -57,37 +57,36 @@ def create_job(
                 return Step(earlier)
             earlier.idempotency_key = None  # the window has passed: the key is free again
             session.flush()
-    job = Job(
-        status=JobStatus.pending.value,
-        customer=customer,
-        pickup_lat=pickup.lat,
-        pickup_lng=pickup.lng,
-        pickup_address=pickup.address,
-        dropoff_lat=dropoff.lat if dropoff else None,
-        dropoff_lng=dropoff.lng if dropoff else None,
-        dropoff_address=dropoff.address if dropoff else None,
-        notes=notes,
-        idempotency_key=idempotency_key,
-        created_at=now,
-        expires_at=now + timedelta(seconds=settings.job_offer_ttl_s),
-        offer_round=1,
-        driver=None,
-    )
+    values: dict[str, Any] = {
+        "status": JobStatus.pending.value,
+        "customer_id": customer.id,
+        "driver_id": None,
+        "pickup_lat": pickup.lat,
+        "pickup_lng": pickup.lng,
+        "pickup_address": pickup.address,
+        "dropoff_lat": dropoff.lat if dropoff else None,
+        "dropoff_lng": dropoff.lng if dropoff else None,
+        "dropoff_address": dropoff.address if dropoff else None,
+        "notes": notes,
+        "idempotency_key": idempotency_key,
+        "created_at": now,
+        "expires_at": now + timedelta(seconds=settings.job_offer_ttl_s),
+        "offer_round": 1,
+    }
     if idempotency_key is None:
-        session.add(job)
-        session.flush()
+        job_id = insert_row(session, Job, values)
     else:
         try:
             with session.begin_nested():  # a savepoint only where a duplicate key can race
-                session.add(job)
-                session.flush()
+                job_id = insert_row(session, Job, values)
         except IntegrityError:
             # A concurrent request with the same key committed first: answer with its job.
             earlier = _job_by_idempotency_key(session, customer.id, idempotency_key)
             if earlier is None:
                 raise
             return Step(earlier)
-    return Step(job, [record_event(session, job.id, EventType.created, customer, now, round=1)])
+    job = Job(id=job_id, customer=customer, driver=None, **values)
+    return Step(job, [record_event(session, job_id, EventType.created, customer, now, round=1)])
 
 
 def _job_by_idempotency_key(session: Session, customer_id: int, key: str) -> Job | None:
