@@ -3,6 +3,7 @@
 import importlib.metadata
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -15,7 +16,20 @@ import pytest
 import redis
 from h2.config import H2Configuration
 from h2.connection import H2Connection
-from hpack import Decoder
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAckReceived,
+    RequestReceived,
+    SettingsAcknowledged,
+    StreamEnded,
+    StreamReset,
+)
+from h2.settings import SettingCodes
+from hpack import Decoder, Encoder
+from hpack.exceptions import HPACKDecodingError
+from hpack.huffman_table import decode_huffman
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -27,10 +41,18 @@ from workers import apns
 from workers.apns import Outcome, Push, classify, provider_token, send_pushes
 from workers.apns.aioapns_pool import AIOAPNS_VERSION
 from workers.apns.push_connection import (
-    PER_PUSH_HEADERS,
-    STREAMS_KEPT,
+    Answered,
+    ConcurrencyLimit,
+    Event,
     PushConnection,
+    Reset,
+    Terminated,
+)
+from workers.apns.push_headers import (
+    PER_PUSH_HEADERS,
+    AnswerHeaderDecoder,
     PushHeaderEncoder,
+    huffman_decoded,
     literal_without_indexing,
 )
 from workers.apns.sender import current_sender
@@ -132,9 +154,10 @@ def test_aioapns_is_the_version_its_workarounds_were_written_against() -> None:
     installed = importlib.metadata.version("aioapns")
     assert installed == AIOAPNS_VERSION, (
         f"aioapns {installed} is installed, but workers/apns/aioapns_pool.py overrides the "
-        f"internals of aioapns {AIOAPNS_VERSION} (send_notification, free_channels, "
-        "request_streams, _create_connection, discard_connection). Re-read each override "
-        "there against the new version, then move AIOAPNS_VERSION and setup.cfg's pin together."
+        f"internals of aioapns {AIOAPNS_VERSION} (conn, send_notification, data_received, "
+        "free_channels, connection_lost, _create_connection, discard_connection). Re-read each "
+        "override there against the new version, then move AIOAPNS_VERSION and setup.cfg's pin "
+        "together."
     )
 
 
@@ -231,6 +254,7 @@ def test_fan_out_is_multiplexed_on_one_connection(fake_apns: FakeAPNs) -> None:
     assert [r.push.token for r in results] == [token(n) for n in range(500)]
     assert {r.outcome for r in results} == {Outcome.delivered}
     assert len({p.connection for p in fake_apns.received()}) == 1
+    assert len({p.headers["apns-id"] for p in fake_apns.received()}) == 501
     assert fake_apns.connections == connections_before
 
 
@@ -553,16 +577,195 @@ def test_push_header_blocks_decode_to_the_headers_and_keep_the_table_for_the_con
     assert len(blocks[51]) == len(blocks[1])
 
 
-def test_a_push_connection_forgets_closed_streams() -> None:
+# --- HTTP/2 for pushes (workers.apns.push_connection) against h2's server side -------------
+
+
+def connected(**server_settings: int) -> tuple[PushConnection, H2Connection, list[Event]]:
+    """A PushConnection and an h2 server, past the preface and both SETTINGS (and their acks);
+    the client's events from the server's first flight."""
     client = PushConnection()
     server = H2Connection(H2Configuration(client_side=False))
     client.initiate_connection()
     server.initiate_connection()
+    if server_settings:
+        server.update_settings({SettingCodes[k.upper()]: v for k, v in server_settings.items()})
+    server.receive_data(client.data_to_send())
+    events = client.receive_data(server.data_to_send())
     server.receive_data(client.data_to_send())
     client.receive_data(server.data_to_send())
-    for stream_id in range(1, 2 * 3 * STREAMS_KEPT, 2):
-        client.send_headers(stream_id, push_headers(stream_id), end_stream=True)
-        server.receive_data(client.data_to_send())
-        server.send_headers(stream_id, [(":status", "200")], end_stream=True)
+    return client, server, events
+
+
+def exchange(client: PushConnection, server: H2Connection) -> tuple[list, list[Event]]:
+    """What the client wrote, to the server; what the server wrote, to the client."""
+    server_events = server.receive_data(client.data_to_send())
+    return server_events, client.receive_data(server.data_to_send())
+
+
+def test_pushes_are_sent_and_answered_on_a_push_connection() -> None:
+    client, server, _ = connected()
+    for n in range(1, 41, 2):
+        client.send_request(n, push_headers(n), b'{"aps":{}}')
+    requests = {}
+    server_events, _ = exchange(client, server)
+    for event in server_events:
+        if isinstance(event, RequestReceived):
+            requests[event.stream_id] = event.headers
+        elif isinstance(event, DataReceived):
+            assert event.data == b'{"aps":{}}'
+            server.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+    assert requests == {n: push_headers(n) for n in range(1, 41, 2)}
+    for n in range(1, 41, 2):
+        if n % 3:
+            server.send_headers(n, [(":status", "200"), ("apns-id", f"id-{n}")], end_stream=True)
+        else:
+            server.send_headers(n, [(":status", "410"), ("apns-id", f"id-{n}")])
+            server.send_data(n, b'{"reason":"Unregistered"}', end_stream=True)
+    _, answers = exchange(client, server)
+    assert answers == [
+        Answered(n, 200, b"") if n % 3 else Answered(n, 410, b'{"reason":"Unregistered"}')
+        for n in range(1, 41, 2)
+    ]
+    assert client.streams == {}
+    # The server was asked for no dynamic table: answers are never Huffman-decoded to fill one.
+    assert list(client.decoder.header_table.dynamic_entries) == []
+
+
+def test_the_servers_settings_are_applied_and_acknowledged() -> None:
+    client, server, events = connected(max_concurrent_streams=7, max_frame_size=20_000)
+    assert ConcurrencyLimit(7) in events
+    assert client.max_frame_size == 20_000
+    server.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: 9})
+    server_events, events = exchange(client, server)
+    assert events == [ConcurrencyLimit(9)]
+    assert any(
+        isinstance(e, SettingsAcknowledged) for e in server.receive_data(client.data_to_send())
+    )
+
+
+def test_a_ping_is_answered() -> None:
+    client, server, _ = connected()
+    server.ping(b"12345678")
+    assert client.receive_data(server.data_to_send()) == []
+    [pong] = server.receive_data(client.data_to_send())
+    assert isinstance(pong, PingAckReceived) and pong.ping_data == b"12345678"
+
+
+@pytest.mark.parametrize("stream_window", [10, 1_000_000], ids=["stream", "connection"])
+def test_a_body_waits_for_the_windows_and_is_split_into_frames(stream_window: int) -> None:
+    """The stream's window (10 bytes) or the connection's (65,535 bytes) holds the body back;
+    each WINDOW_UPDATE lets more through, in frames no larger than the server's maximum."""
+    client, server, _ = connected(initial_window_size=stream_window)
+    body = bytes(range(256)) * 400  # 102,400 bytes
+    client.send_request(1, push_headers(1), body)
+    received = bytearray()
+    ended = False
+    for _ in range(20):
+        server_events, _ = exchange(client, server)
+        for event in server_events:
+            if isinstance(event, DataReceived):
+                assert len(event.data) <= 16_384
+                received += event.data
+                server.acknowledge_received_data(event.flow_controlled_length, 1)
+            ended = ended or isinstance(event, StreamEnded)
+        if ended:
+            break
+        if stream_window < len(body):
+            server.increment_flow_control_window(30_000, stream_id=1)
         client.receive_data(server.data_to_send())
-        assert len(client.streams) <= STREAMS_KEPT
+    assert ended and bytes(received) == body
+
+
+def test_a_header_block_larger_than_a_frame_goes_in_continuation_frames() -> None:
+    client, server, _ = connected()
+    headers = [*push_headers(1), (b"x-large", b"v" * 40_000)]
+    client.send_request(1, headers, b"{}")
+    server_events, _ = exchange(client, server)
+    [request] = [e for e in server_events if isinstance(e, RequestReceived)]
+    assert request.headers == headers
+    server.send_headers(1, [(":status", "200"), ("x-large", "w" * 40_000)], end_stream=True)
+    _, answers = exchange(client, server)
+    assert answers == [Answered(1, 200, b"")]
+
+
+def test_error_bodies_are_acknowledged_so_the_server_can_keep_sending() -> None:
+    """Padded DATA too: padding counts against the window, and is acknowledged."""
+    client, server, _ = connected()
+    body = b'{"reason":"' + b"x" * 9_000 + b'"}'
+    for n in range(1, 61, 2):  # ~270 KB of bodies, four times the connection window
+        client.send_request(n, push_headers(n), b"{}")
+        exchange(client, server)
+        server.send_headers(n, [(":status", "400")])
+        server.send_data(n, body, end_stream=True, pad_length=100)  # raises with no window
+        _, answers = exchange(client, server)
+        assert answers == [Answered(n, 400, body)]
+
+
+def test_a_reset_stream_ends_its_push_and_goaway_the_connection() -> None:
+    client, server, _ = connected()
+    client.send_request(1, push_headers(1), b"{}")
+    client.send_request(3, push_headers(3), b"{}")
+    exchange(client, server)
+    server.reset_stream(1, ErrorCodes.REFUSED_STREAM)
+    assert client.receive_data(server.data_to_send()) == [Reset(1, ErrorCodes.REFUSED_STREAM)]
+    server.close_connection(ErrorCodes.NO_ERROR, b"Shutdown", last_stream_id=3)
+    assert client.receive_data(server.data_to_send()) == [Terminated(0, 3, by_peer=True)]
+
+
+def test_an_answer_before_the_whole_request_cancels_the_rest() -> None:
+    client, server, _ = connected(initial_window_size=10)
+    client.send_request(1, push_headers(1), b"x" * 100)
+    exchange(client, server)
+    server.send_headers(1, [(":status", "413")])
+    server.send_data(1, b'{"reason":"PayloadTooLarge"}', end_stream=True)
+    _, answers = exchange(client, server)
+    assert answers == [Answered(1, 413, b'{"reason":"PayloadTooLarge"}')]
+    [reset] = [e for e in server.receive_data(client.data_to_send()) if isinstance(e, StreamReset)]
+    assert reset.error_code == ErrorCodes.CANCEL
+
+
+def test_a_server_breaking_http2_is_answered_with_goaway() -> None:
+    client, server, _ = connected()
+    push_promise = b"\x00\x00\x04\x05\x04\x00\x00\x00\x01\x00\x00\x00\x02"  # on stream 1
+    assert client.receive_data(push_promise) == [
+        Terminated(ErrorCodes.PROTOCOL_ERROR, 0, by_peer=False)
+    ]
+    [goaway] = server.receive_data(client.data_to_send())
+    assert isinstance(goaway, ConnectionTerminated)
+    assert goaway.error_code == ErrorCodes.PROTOCOL_ERROR
+    assert client.receive_data(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678") == []
+
+
+def test_answer_statuses_are_read_as_hpack_decodes_them() -> None:
+    """Against hpack's own Decoder: with a dynamic table (of any size, resized on the way) and
+    without one, Huffman-coded or not, indexed or not."""
+    chooser = random.Random(7)
+    for table_size in (4096, 0):
+        encoder, reference, decoder = Encoder(), Decoder(), AnswerHeaderDecoder(65_536)
+        encoder.header_table_size = table_size
+        for _ in range(2000):
+            headers = [(":status", chooser.choice(["200", "410", "400", "503", "201"]))]
+            headers.append(("apns-id", f"{chooser.getrandbits(128):032x}"))
+            if chooser.random() < 0.3:
+                headers.append(("content-type", "application/json"))
+            if chooser.random() < 0.2:
+                chooser.shuffle(headers)
+            if table_size and chooser.random() < 0.01:
+                encoder.header_table_size = chooser.choice([0, 100, 4096])
+            block = encoder.encode(headers, huffman=chooser.random() < 0.8)
+            assert decoder.status(block) == dict(reference.decode(block, raw=True))[b":status"]
+            if table_size:
+                assert (
+                    decoder.header_table.dynamic_entries == reference.header_table.dynamic_entries
+                )
+    for _ in range(5000):
+        coded = chooser.randbytes(chooser.randrange(0, 12))
+        try:
+            expected: bytes | type[Exception] = decode_huffman(coded)
+        except HPACKDecodingError:
+            expected = HPACKDecodingError
+        try:
+            decoded: bytes | type[Exception] = huffman_decoded(coded)
+        except HPACKDecodingError:
+            decoded = HPACKDecodingError
+        assert decoded == expected

@@ -3,7 +3,8 @@
 `pushes`: what to send; `results`: what an answer means (delivered, retry, token dead, drop);
 `provider_token`: the ES256 JWT shared by every worker process through Redis;
 `aioapns_pool`: aioapns's connection pool with the contract's headers and its bugs fixed;
-`push_connection`: h2 made cheap for a stream of pushes (header encoding, stream counting);
+`push_connection`: the client side of HTTP/2 for a stream of pushes (in place of h2's);
+`push_headers`: HPACK for pushes (per-push headers left out of the table, answers' statuses);
 `sender`: the process's loop thread and the fork-safe singleton behind `send_pushes`."""
 
 from workers.apns.pushes import Push

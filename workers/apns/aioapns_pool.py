@@ -1,16 +1,18 @@
 """Dispatch's seams in aioapns: where to connect, the contract's headers exactly, and fixes for
 aioapns's bugs.
 
-These subclasses copy and override aioapns internals (`send_notification`, `free_channels`,
-`request_streams`, `_create_connection`, `discard_connection`), so aioapns is pinned to exactly
-AIOAPNS_VERSION; tests/test_apns.py fails on any other. Before moving the pin, re-read each
-override below against the new aioapns and drop those whose upstream bug is fixed. Measured
-against a thin httpx client in bench/push.py (bench/push_httpx.py): aioapns kept."""
+These subclasses copy and override aioapns internals (`conn`, `send_notification`,
+`data_received`, `free_channels`, `connection_lost`, `_create_connection`, `discard_connection`),
+so aioapns is pinned to exactly AIOAPNS_VERSION; tests/test_apns.py fails on any other. Before
+moving the pin, re-read each override below against the new aioapns and drop those whose
+upstream bug is fixed. Measured against a thin httpx client in bench/push.py
+(bench/push_httpx.py): aioapns kept."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from functools import partial
 from typing import Any
@@ -21,11 +23,20 @@ from aioapns.connection import (
     APNsKeyConnectionPool,
     APNsTLSClientProtocol,
 )
+from aioapns.exceptions import ConnectionClosed
 
 from settings import settings
 from workers.apns.provider_token import SharedProviderToken
-from workers.apns.push_connection import PushConnection
+from workers.apns.push_connection import (
+    Answered,
+    ConcurrencyLimit,
+    PushConnection,
+    Reset,
+    Terminated,
+)
 from workers.apns.pushes import APPLE_HOSTS, Push
+
+log = logging.getLogger(__name__)
 
 AIOAPNS_VERSION = "4.0"
 MAX_CONNECTIONS = 4  # per environment: one carries up to 1000 streams, more only under load
@@ -33,20 +44,36 @@ MAX_CONNECTION_ATTEMPTS = 2
 
 
 class PushRequest(NotificationRequest):
-    """aioapns's request, with an absolute `apns-expiration`: aioapns 4.0 only sends
-    `time_to_live` seconds from the moment of sending (a feature it lacks, no upstream issue)."""
+    """aioapns's request, with an absolute `apns-expiration` (aioapns 4.0 only sends
+    `time_to_live` seconds from the moment of sending: a feature it lacks, no upstream issue),
+    and its body already encoded: the pushes of a fan-out share one (`encoded_payload`)."""
 
-    __slots__ = ("expiration",)
+    __slots__ = ("expiration", "body")
 
-    def __init__(self, push: Push) -> None:
+    def __init__(self, push: Push, body: bytes, notification_id: str) -> None:
         super().__init__(
             device_token=push.token,
             message=push.payload(),
+            notification_id=notification_id,
             priority=push.priority,
             collapse_key=push.collapse_id,
             push_type=PushType(push.push_type),
         )
         self.expiration = int(push.expiration.timestamp()) if push.expiration else None
+        self.body = body
+
+
+def encoded_payload(push: Push) -> bytes:
+    """The push's JSON body as sent: compact, UTF-8."""
+    return json.dumps(push.payload(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class StreamReset(Exception):
+    """APNs reset the push's stream (or broke HTTP/2 answering it): no answer came."""
+
+    def __init__(self, error_code: int) -> None:
+        super().__init__(f"stream reset with error code {error_code}")
+        self.error_code = error_code
 
 
 def _error_result(notification_id: str, status: str, body: bytes) -> NotificationResult:
@@ -62,57 +89,87 @@ def _error_result(notification_id: str, status: str, body: bytes) -> Notificatio
     )
 
 
-class DispatchProtocol(APNsTLSClientProtocol):
-    """aioapns's TLS protocol with the contract's headers exactly, and its 4.0 bugs fixed:
-    received DATA is acknowledged (it never was, so ~64 KiB of error bodies stalled a
-    connection); an error answer is read when its stream ends, so a missing or non-JSON body
-    cannot hang a send; answers and losses for sends already given up on (a caller's timeout)
-    are skipped instead of raising InvalidStateError; finished streams are forgotten.
+HeaderKey = tuple[str | None, PushType | None, int | None, str | None, int | None, str | None]
+CONSTANT_HEADER_SETS = 16  # distinct (topic, type, priority, collapse id, expiry, token) kept
 
-    And cheaper per push than aioapns's (CPU is what limits a push worker): headers built as
-    bytes, on a PushConnection (h2 made cheap for pushes); what the pushes of one loop
-    iteration send goes out in one write; the idle timer is re-armed when it fires, not on
-    every write."""
+
+class DispatchProtocol(APNsTLSClientProtocol):
+    """aioapns's TLS protocol on a PushConnection (HTTP/2 for pushes, in place of h2's
+    H2Connection: see workers/apns/push_connection.py) with the contract's headers exactly.
+
+    Answers are matched to their sends by stream id (aioapns matched the `apns-id` echoed back,
+    which made every answer's Huffman-coded `apns-id` be decoded), and that also fixes aioapns
+    4.0's bugs: received DATA is acknowledged (it never was, so ~64 KiB of error bodies stalled
+    a connection); an error answer is read when its stream ends, so a missing or non-JSON body
+    cannot hang a send; answers and losses for sends already given up on (a caller's timeout)
+    are skipped instead of raising InvalidStateError; a reset stream ends its send (aioapns
+    logged it as an unknown event and waited); finished streams are forgotten.
+
+    And cheaper per push: the headers every push of a fan-out shares are built once; what the
+    pushes of one loop iteration send goes out in one write; the idle timer is re-armed when it
+    fires, not on every write."""
+
+    conn: PushConnection  # type: ignore[assignment]  # aioapns declares h2's H2Connection
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = PushConnection()
         self.host = self.APNS_SERVER.encode()
-        self.bodies: dict[int, bytearray] = {}
+        self.answers: dict[int, tuple[asyncio.Future[NotificationResult], str]] = {}
+        self.constant_headers: dict[HeaderKey, list[tuple[bytes, bytes]]] = {}
         self.write_due = False
         self.last_write = self.loop.time()
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
-        """aioapns 4.0's own, but with `_headers` and compact JSON; its future is made on
-        `self.loop` (aioapns's `asyncio.Future()` binds whatever loop is current)."""
+        """aioapns 4.0's own, on our connection: its future is made on `self.loop` (aioapns's
+        `asyncio.Future()` binds whatever loop is current), and a send on a connection already
+        closing fails at once instead of waiting for an answer that cannot come."""
         stream_id = await self.free_channels.acquire()
-        self.conn.send_headers(stream_id=stream_id, headers=self._headers(request))
-        body = json.dumps(request.message, ensure_ascii=False, separators=(",", ":")).encode()
-        self.conn.send_data(stream_id=stream_id, data=body, end_stream=True)
+        if self.transport is None or self.transport.is_closing():
+            self.free_channels.release()
+            raise ConnectionClosed("the connection is closing")
+        self.conn.send_request(stream_id, self._headers(request), _body(request))
         self.flush()
         answer: asyncio.Future[NotificationResult] = self.loop.create_future()
-        self.requests[request.notification_id] = answer
-        self.request_streams[stream_id] = request.notification_id
+        self.answers[stream_id] = (answer, request.notification_id)
         return await answer
 
     def _headers(self, request: NotificationRequest) -> list[tuple[bytes, bytes]]:
-        headers = [
+        authorization = self.auth_provider.get_header() if self.auth_provider else None
+        expiration = getattr(request, "expiration", None)
+        key = (
+            request.apns_topic,
+            request.push_type,
+            request.priority,
+            request.collapse_key,
+            expiration,
+            authorization,
+        )
+        constant = self.constant_headers.get(key)
+        if constant is None:
+            if len(self.constant_headers) >= CONSTANT_HEADER_SETS:
+                self.constant_headers.clear()
+            constant = self.constant_headers[key] = self._constant_headers(key)
+        return [
             (b":method", b"POST"),
             (b":scheme", b"https"),
             (b":path", b"/3/device/" + request.device_token.encode()),
             (b"host", self.host),
             (b"apns-id", request.notification_id.encode()),
-            (b"apns-topic", (request.apns_topic or self.apns_topic).encode()),
+            *constant,
         ]
+
+    def _constant_headers(self, key: HeaderKey) -> list[tuple[bytes, bytes]]:
+        topic, push_type, priority, collapse_key, expiration, authorization = key
+        headers = [(b"apns-topic", (topic or self.apns_topic).encode())]
         optional = {
-            b"apns-push-type": request.push_type.value if request.push_type else None,
-            b"apns-priority": request.priority,
-            b"apns-collapse-id": request.collapse_key,
-            b"apns-expiration": getattr(request, "expiration", None),
+            b"apns-push-type": push_type.value if push_type else None,
+            b"apns-priority": priority,
+            b"apns-collapse-id": collapse_key,
+            b"apns-expiration": expiration,
+            b"authorization": authorization,
         }
         headers += [(name, str(v).encode()) for name, v in optional.items() if v is not None]
-        if self.auth_provider is not None:
-            headers.append((b"authorization", self.auth_provider.get_header().encode()))
         return headers
 
     def flush(self) -> None:
@@ -145,45 +202,64 @@ class DispatchProtocol(APNsTLSClientProtocol):
                 self.INACTIVITY_TIME - idle_s, self._idle_check
             )
 
-    def on_response_received(self, headers: dict[bytes, bytes]) -> None:
-        """aioapns 4.0 calls `set_result` on a future its caller already cancelled
-        (InvalidStateError inside the protocol); the hang after a lost connection reported
-        upstream as Fatal1ty/aioapns#41 (open) is the same kind."""
-        notification_id = headers.get(b"apns-id", b"").decode()
-        status = headers.get(b":status", b"").decode()
-        if status != "200":
-            self.request_statuses[notification_id] = status  # answered at the stream's end
-            return
-        request = self.requests.pop(notification_id, None)
-        if request is not None and not request.done():
-            request.set_result(NotificationResult(notification_id, status))
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if type(event) is Answered:
+                self._answered(event)
+            elif type(event) is Reset:
+                self._ended(event.stream_id, StreamReset(event.error_code))
+            elif type(event) is ConcurrencyLimit:
+                self.free_channels.bound = event.streams
+            elif type(event) is Terminated:
+                self._terminated(event)
+        if self.conn.outbound:
+            self.flush()
 
-    def on_data_received(self, raw_data: bytes, stream_id: int) -> None:
-        """Acknowledged, so the flow-control window reopens: upstream Fatal1ty/aioapns PR #75
-        (open, unmerged). And kept until the stream ends: aioapns 4.0 parses each DATA frame
-        as a whole JSON body and waits forever when it is split, not JSON or has no `reason`
-        (no upstream issue found)."""
-        self.conn.acknowledge_received_data(len(raw_data), stream_id)
-        self.bodies.setdefault(stream_id, bytearray()).extend(raw_data)
+    def _answered(self, answer: Answered) -> None:
+        self.free_channels.release()
+        waiting = self.answers.pop(answer.stream_id, None)
+        if waiting is None or waiting[0].done():
+            return  # given up on by its caller
+        future, notification_id = waiting
+        if answer.status == 200:
+            future.set_result(NotificationResult(notification_id, "200"))
+        else:
+            future.set_result(_error_result(notification_id, str(answer.status), answer.body))
 
-    def on_stream_ended(self, stream_id: int) -> None:
-        """Every stream forgotten at its end: aioapns 4.0 never forgets the stream of a 200
-        answer, so `request_streams` grows for the connection's life (no upstream issue found)."""
-        body = bytes(self.bodies.pop(stream_id, b""))
-        notification_id = self.request_streams.pop(stream_id, None)
-        if notification_id is not None:
-            status = self.request_statuses.pop(notification_id, None)
-            request = self.requests.pop(notification_id, None)
-            if status is not None and request is not None and not request.done():
-                request.set_result(_error_result(notification_id, status, body))
-        super().on_stream_ended(stream_id)  # frees the stream's slot
+    def _ended(self, stream_id: int, error: Exception) -> None:
+        self.free_channels.release()
+        waiting = self.answers.pop(stream_id, None)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_exception(error)
+
+    def _terminated(self, event: Terminated) -> None:
+        """Closed at once, as aioapns 4.0 does (the sends still waiting end as
+        ConnectionClosed, which aioapns's pool retries once on another connection)."""
+        log.warning(
+            "APNs connection %s ended: %s, error code %d, last stream %d",
+            self,
+            "GOAWAY from APNs" if event.by_peer else "APNs broke HTTP/2",
+            event.error_code,
+            event.last_stream_id,
+        )
+        self._write()  # our GOAWAY, if we sent one
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """aioapns 4.0 calls `set_exception` on every waiting future, cancelled ones too: the
-        first InvalidStateError leaves the rest waiting forever (Fatal1ty/aioapns#41, open)."""
-        self.requests = {nid: fut for nid, fut in self.requests.items() if not fut.done()}
-        self.bodies.clear()
+        """Every send still waiting ends (aioapns 4.0 failed cancelled ones too, and the first
+        InvalidStateError left the rest waiting forever: Fatal1ty/aioapns#41, open)."""
+        lost = ConnectionClosed(str(exc))
+        waiting, self.answers = self.answers, {}
+        for future, _ in waiting.values():
+            if not future.done():
+                future.set_exception(lost)
         super().connection_lost(exc)
+
+
+def _body(request: NotificationRequest) -> bytes:
+    if isinstance(request, PushRequest):
+        return request.body
+    return json.dumps(request.message, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _protocol_for(environment: str) -> type[APNsTLSClientProtocol]:
