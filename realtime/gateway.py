@@ -47,6 +47,7 @@ from models.drivers import report_location
 from models.errors import Unauthorized, error_body
 from models.rooms import personal_room, socketio_channel
 from models.schemas import Coordinates, field_reasons
+from realtime.engine import GatewaySocket, websocket_frame
 from settings import settings
 from workers.logs import bound
 from workers.metrics import (
@@ -96,13 +97,16 @@ KEEPALIVE_OPTIONS = (
 
 
 class LocalDelivery(socketio.AsyncManager):
-    """Delivery of an event to this gateway's sockets without a task per socket.
+    """Delivery of an event to this gateway's sockets without a task per socket, encoded
+    once.
 
     python-socketio's manager encodes the packet once, then starts one task per recipient
     and waits for them all: for `job:accepted` to 1,000 rooms, 1,000 tasks to put one packet
-    on each socket's queue, which never waits (an Engine.IO socket's queue is unbounded).
-    Here the packet goes on each queue in turn. Events with a callback (acknowledgements,
-    which need a packet per socket) go the library's way.
+    on each socket's queue. Here the packet is encoded once into its Engine.IO packet and
+    websocket frame, and each recipient session (realtime.engine.GatewaySocket) writes that
+    frame to its websocket in turn, or queues the packet if its websocket cannot take it now.
+    Events with a callback (acknowledgements, which need a packet per socket) go the
+    library's way.
 
     In the MRO after python-socketio's pub/sub manager: what it hands on to the local
     sockets, after a publish or on a message from Redis, comes here."""
@@ -136,12 +140,18 @@ class LocalDelivery(socketio.AsyncManager):
             eio_packet.Packet(eio_packet.MESSAGE, part)
             for part in (encoded if isinstance(encoded, list) else [encoded])
         ]
+        framed = [(each, websocket_frame(each.encode())) for each in eio_packets]
         for sid, eio_sid in self.get_participants(namespace, room):
             if sid in skipped:
                 continue
             try:
-                for eio_packet_ in eio_packets:
-                    await self.server._send_eio_packet(eio_sid, eio_packet_)
+                session: GatewaySocket = self.server.eio._get_socket(eio_sid)
+            except KeyError:  # closed meanwhile (engineio's send_packet skips it too)
+                continue
+            try:
+                if await session.check_ping_timeout():
+                    for eio_packet_, frame in framed:
+                        session.put(eio_packet_, frame)
             except Exception:  # one socket's failure stops no other socket's delivery
                 log.exception("%s to socket %s failed", event, sid)
 
@@ -302,9 +312,11 @@ async def _translate_request(scope: dict[str, Any], receive: Any, send: Any) -> 
 
 class GatewayServer(socketio.AsyncServer):
     """python-socketio's server, refusing reserved event names and closing sessions that
-    do not sign in. Both hooks are private methods of python-socketio 5.x, and so is
-    python-engineio's `_async` table, where `_translate_request` goes; the tests in
-    tests/test_gateway_hardening.py pin what they do."""
+    do not sign in; every Engine.IO session, as it opens, made a realtime.engine.GatewaySocket
+    (the gateway's writes to websockets). Both hooks are private methods of python-socketio
+    5.x, and so is python-engineio's `_async` table, where `_translate_request` goes; the
+    tests in tests/test_gateway_hardening.py and tests/test_gateway_delivery.py pin what
+    they do."""
 
     manager_initialized: bool
     manager: Any
@@ -325,6 +337,7 @@ class GatewayServer(socketio.AsyncServer):
             self.manager.initialize()
 
     async def _handle_eio_connect(self, eio_sid: str, environ: dict[str, Any]) -> None:
+        GatewaySocket.adopt(self.eio.sockets[eio_sid])
         await super()._handle_eio_connect(eio_sid, environ)
         self._arm_sign_in_deadline(eio_sid, settings.socket_auth_timeout_s)
 
@@ -357,16 +370,16 @@ class GatewayServer(socketio.AsyncServer):
         closing.add_done_callback(self._closing.discard)
 
     async def _close_session(self, eio_sid: str) -> None:
-        """Close it for good. `eio.disconnect` only queues a CLOSE packet: a client that
-        ignores it keeps a websocket open until the writer's idle timeout (ping interval
+        """Close it for good. `eio.disconnect` only sends a CLOSE packet: a client that
+        ignores it keeps a websocket open until the reader's idle timeout (ping interval
         plus timeout), and a polling session that never polls again blocks the call."""
         try:
-            session = self.eio._get_socket(eio_sid)
+            session: GatewaySocket = self.eio._get_socket(eio_sid)
         except KeyError:
             return
         log.debug("closing Engine.IO session %s: not signed in in time", eio_sid)
         await session.close(wait=False, reason=self.eio.reason.SERVER_DISCONNECT)
-        session.queue.put_nowait(None)  # the websocket writer sends CLOSE, then closes
+        session.close_transport()  # after CLOSE
         self.eio.sockets.pop(eio_sid, None)
 
     async def _handle_event(
