@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -16,7 +17,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
+    Table,
+    Update,
+    bindparam,
     func,
     select,
     update,
@@ -155,7 +160,12 @@ def hold_announcements(session: Session, job_id: int) -> None:
     the job after the previous one has spoken and the last `job:status` is the newest.
     (SQLite, the embedded default, runs one transaction at a time: see models.db.)"""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(ANNOUNCEMENT_LOCK_CLASS, job_id)))
+        session.execute(_announcement_lock(), {"job_id": job_id})
+
+
+@cache
+def _announcement_lock() -> Select[Any]:
+    return select(func.pg_advisory_xact_lock(ANNOUNCEMENT_LOCK_CLASS, bindparam("job_id")))
 
 
 def mark_announced(session: Session, event_id: int, push_within_s: float | None) -> bool:
@@ -163,10 +173,17 @@ def mark_announced(session: Session, event_id: int, push_within_s: float | None)
     (None: it has none). Whether this call marked it (False: it was announced already)."""
     now = utcnow()
     due = None if push_within_s is None else now + timedelta(seconds=push_within_s)
-    marked = session.execute(
-        update(JobEvent)
-        .where(JobEvent.id == event_id, JobEvent.announced_at.is_(None))
-        .values(announced_at=now, push_due_at=due)
-        .execution_options(synchronize_session=False)
-    )
+    marked = session.execute(_mark_announced(), {"event_id": event_id, "now": now, "due": due})
     return bool(marked.rowcount)  # type: ignore[attr-defined]
+
+
+@cache
+def _mark_announced() -> Update:
+    """Built once, its values parameters: announcing a job marks two or three events."""
+    events = JobEvent.__table__
+    assert isinstance(events, Table)
+    return (
+        update(events)
+        .where(events.c.id == bindparam("event_id"), events.c.announced_at.is_(None))
+        .values(announced_at=bindparam("now"), push_due_at=bindparam("due"))
+    )

@@ -6,14 +6,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 
 import redis
 from sqlalchemy import (
     Float,
     ForeignKey,
     Integer,
+    Select,
     String,
+    Table,
     UniqueConstraint,
+    Update,
+    bindparam,
     select,
     text,
     update,
@@ -208,30 +213,44 @@ def offer_round(session: Session, r: redis.Redis, job: Job) -> JobEvent | None:
 def unnotified_offers(session: Session, job: Job, driver_ids: Sequence[int]) -> list[Offer]:
     """Offers of the job's current round among `driver_ids` not yet sent `job:new`: all of
     them on a first run, the rest after a worker died half-way. Open ones only."""
-    return list(
-        session.scalars(
-            select(Offer)
-            .options(lazyload(Offer.job))
-            .where(
-                Offer.job_id == job.id,
-                Offer.round == job.offer_round,
-                Offer.driver_id.in_(list(driver_ids)),
-                Offer.notified_at.is_(None),
-                Offer.closed_at.is_(None),
-            )
-            .order_by(Offer.distance_km)
-        )
+    found = session.scalars(
+        _unnotified_offers(),
+        {"job_id": job.id, "round": job.offer_round, "driver_ids": list(driver_ids)},
     )
+    return list(found)
 
 
 def mark_notified(session: Session, offer_ids: list[int], at: datetime) -> None:
     if offer_ids:
-        session.execute(
-            update(Offer)
-            .where(Offer.id.in_(offer_ids))
-            .values(notified_at=at)
-            .execution_options(synchronize_session=False)
+        session.execute(_mark_notified(), {"offer_ids": offer_ids, "at": at})
+
+
+# Each job's dispatch runs these two: built once, with their values as parameters.
+@cache
+def _unnotified_offers() -> Select[Offer]:
+    return (
+        select(Offer)
+        .options(lazyload(Offer.job))
+        .where(
+            Offer.job_id == bindparam("job_id"),
+            Offer.round == bindparam("round"),
+            Offer.driver_id.in_(bindparam("driver_ids", expanding=True)),
+            Offer.notified_at.is_(None),
+            Offer.closed_at.is_(None),
         )
+        .order_by(Offer.distance_km)
+    )
+
+
+@cache
+def _mark_notified() -> Update:
+    offers = Offer.__table__
+    assert isinstance(offers, Table)
+    return (
+        update(offers)
+        .where(offers.c.id.in_(bindparam("offer_ids", expanding=True)))
+        .values(notified_at=bindparam("at"))
+    )
 
 
 def distance_by_driver(session: Session, job_id: int) -> dict[int, float]:

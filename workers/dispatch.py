@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 import redis
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from models.db import after_commit, redis_connection, session_scope, utcnow
@@ -136,12 +137,7 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
     with session_scope() as session:
         # The event and its job in one read; the job under a share lock, so that no step
         # changes it while its offers are made.
-        found = session.execute(
-            select(JobEvent, Job)
-            .join(Job, Job.id == JobEvent.job_id)
-            .where(JobEvent.id == event_id)
-            .with_for_update(read=True, of=Job)
-        ).first()
+        found = session.execute(_event_and_job(), {"event_id": event_id}).first()
         if found is None:
             return None, False
         event, job = found.JobEvent, found.Job
@@ -163,6 +159,17 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
         _mark_announced(session, event, job, push_within)
         notice = _offer_notice(session, job, offered) if offered is not None else None
         return notice, push_within is not None
+
+
+@cache
+def _event_and_job() -> Select[JobEvent, Job]:
+    """Built once, the event's id a parameter (every dispatch of a job starts here)."""
+    return (
+        select(JobEvent, Job)
+        .join(Job, Job.id == JobEvent.job_id)
+        .where(JobEvent.id == bindparam("event_id"))
+        .with_for_update(read=True, of=Job)
+    )
 
 
 def deliver_offers(notice: OfferNotice) -> bool:
