@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from argon2 import PasswordHasher, profiles
 from argon2.exceptions import InvalidHashError, VerificationError
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, select
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, Select, String, bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
@@ -232,7 +233,14 @@ def user_id_for_token(token: str) -> int:
 
 
 def user_for_token(session: Session, token: str) -> User:
-    user = session.get(User, user_id_for_token(token))
+    """Every signed-in request starts here: the user (and a driver's profile) by a statement
+    built once, the id a parameter (`session.get` builds its query each call)."""
+    user = session.scalar(_user_by_id(), {"user_id": user_id_for_token(token)})
     if user is None:
         raise Unauthorized("The token is not valid.")
     return user
+
+
+@cache
+def _user_by_id() -> Select[User]:
+    return select(User).where(User.id == bindparam("user_id"))
