@@ -218,37 +218,35 @@ def _may_see(session: Session, user: User, job: Job) -> bool:
 
 def accept_job(session: Session, driver: User, job_id: int) -> Step:
     """Give a pending job to a driver it is offered to in its current round. The job row is
-    taken first (losers wait on its lock, then match nothing and answer 409), then the
-    offer is checked afresh (a decline may just have committed), then the driver: free, and
-    not suspended (a suspension committed meanwhile is seen: the UPDATE re-reads the row)."""
+    taken first (losers wait on its lock, then match nothing and answer 409); then, in one
+    statement, the driver is claimed if their offer is open in that round (checked afresh:
+    a decline may just have committed) and they are free and not suspended (a suspension
+    committed meanwhile is seen: the UPDATE re-reads the row). The winner holds the job's
+    lock until it commits, so every round trip it makes is waited out by the losers."""
     require_role(driver, "driver")
     now = utcnow()
-    take, seen_by = _accept_statements()
+    take, seen_by, claim = _accept_statements()
     row = session.execute(take, {"job_id": job_id, "taker": driver.id, "at": now}).first()
-    # After the UPDATE, the few columns that decide: 19 of 20 concurrent accepts lose, and
-    # a loser needs no job, customer or profile loaded (the winner reloads the job below).
-    seen = session.execute(seen_by, {"job_id": job_id, "taker": driver.id}).first()
-    if seen is None:
-        raise NotFound("No such job.")
     if row is None:
+        # The few columns that decide: 19 of 20 concurrent accepts lose, and a loser needs
+        # no job, customer or profile loaded.
+        seen = session.execute(seen_by, {"job_id": job_id, "taker": driver.id}).first()
+        if seen is None:
+            raise NotFound("No such job.")
         # Accepted and theirs: nothing else leaves it so (a later step changes the status,
         # a release closes their offer), so this is their retry.
         if seen.status == JobStatus.accepted and seen.driver_id == driver.id:
             return Step(_reloaded_job(session, job_id))
         raise JobNotAvailable()
-    if seen.round != row.offer_round or seen.closed_at is not None:
-        raise JobNotAvailable()
     claimed = session.execute(
-        update(DriverProfile)
-        .where(
-            DriverProfile.user_id == driver.id,
-            DriverProfile.current_job_id.is_(None),
-            DriverProfile.suspended_at.is_(None),
-        )
-        .values(current_job_id=job_id)
-        .execution_options(synchronize_session=False)
+        claim, {"job_id": job_id, "taker": driver.id, "round": row.offer_round}
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        seen = session.execute(seen_by, {"job_id": job_id, "taker": driver.id}).first()
+        if seen is None:
+            raise NotFound("No such job.")
+        if seen.round != row.offer_round or seen.closed_at is not None:
+            raise JobNotAvailable()
         _refuse_claim(session, driver.id)
     reindex_after_commit(session, driver.id, False)
     job = _reloaded_job(session, job_id)
@@ -259,13 +257,15 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
 
 
 @cache
-def _accept_statements() -> tuple[Update, Select[Any]]:
-    """accept_job's two statements, built once with their values as parameters. All 20 of
-    20 concurrent accepts run them (19 nothing else); built per call, through the ORM's
-    bulk-update path, each value a bound parameter with its own cache key, they were a
-    third of a losing accept's CPU."""
+def _accept_statements() -> tuple[Update, Select[Any], Update]:
+    """accept_job's statements, built once with their values as parameters. All 20 of 20
+    concurrent accepts run the first two (19 nothing else); built per call, through the
+    ORM's bulk-update path, each value a bound parameter with its own cache key, they were
+    a third of a losing accept's CPU."""
     jobs, offers = Job.__table__, Offer.__table__
+    profiles = DriverProfile.__table__
     assert isinstance(jobs, Table) and isinstance(offers, Table)
+    assert isinstance(profiles, Table)
     take = (
         update(jobs)
         .where(
@@ -285,7 +285,27 @@ def _accept_statements() -> tuple[Update, Select[Any]]:
         .join(jobs, jobs.c.id == offers.c.job_id)
         .where(offers.c.job_id == bindparam("job_id"), offers.c.driver_id == bindparam("taker"))
     )
-    return take, seen_by
+    open_offer = (
+        select(offers.c.id)
+        .where(
+            offers.c.job_id == bindparam("job_id"),
+            offers.c.driver_id == bindparam("taker"),
+            offers.c.round == bindparam("round"),
+            offers.c.closed_at.is_(None),
+        )
+        .exists()
+    )
+    claim = (
+        update(profiles)
+        .where(
+            profiles.c.user_id == bindparam("taker"),
+            profiles.c.current_job_id.is_(None),
+            profiles.c.suspended_at.is_(None),
+            open_offer,
+        )
+        .values(current_job_id=bindparam("job_id"))
+    )
+    return take, seen_by, claim
 
 
 def _refuse_claim(session: Session, driver_id: int) -> NoReturn:
