@@ -4,11 +4,12 @@ on the session's queue, sent by a writer task while the client reads.
 
 Through a gateway process: a client that stops reading still gets every event, in order,
 while events keep coming, and holds up no other client; one that vanishes with events
-waiting is let go. Then a session on python-engineio and uvicorn in this process, where the
-test plays the transport's flow control (`pause_writing`, `resume_writing`): what is queued
-goes first, nothing is written while paused, a session whose client is gone with packets
-queued is closed, pings go out while answered and a silent client is closed. Raw websocket
-clients, which read only when the test says."""
+waiting is let go; one still on long-polling gets its event by poll. Then a session on
+python-engineio and uvicorn in this process, where the test plays the transport's flow
+control (`pause_writing`, `resume_writing`): what is queued goes first, nothing is written
+while paused, a session whose client is gone with packets queued is closed, pings go out
+while answered and a silent client is closed. Raw websocket clients, which read only when
+the test says."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import Any, Self
 
 import engineio
 import pytest
+import requests
 import uvicorn
 from engineio import packet
 from wsproto import ConnectionType
@@ -231,6 +233,27 @@ def test_a_client_gone_with_events_waiting_is_let_go_and_others_still_get_theirs
     assert [event["n"] for event in got] == list(range(EVENTS)) * 2
     process.wait_for_log(f"driver {gone_account.id} disconnected", timeout_s=SLACK_S)
     assert "Traceback" not in process.log()
+
+
+def test_a_session_still_on_long_polling_gets_a_fan_outs_event_at_its_next_poll(
+    gateway: tuple[Process, int], listen, factory: Factory
+) -> None:
+    """socket.io-client's first transport: no websocket to write to, the packet is queued
+    for the poll."""
+    polling_account, other_account = factory.driver(at=None), factory.driver(at=None)
+    other = listen(other_account)
+    handshake = f"http://127.0.0.1:{gateway[1]}/socket.io/?EIO=4&transport=polling"
+    poll = f"{handshake}&sid={json.loads(requests.get(handshake, timeout=5).text[1:])['sid']}"
+    sign_in = "40" + json.dumps({"token": polling_account.token})
+    assert requests.post(poll, data=sign_in, timeout=5).text == "OK"
+    assert requests.get(poll, timeout=5).text.startswith("40{")
+    emit_until_seen(
+        lambda: emit("bench:probe", {}, [driver_room(other_account.id)]), other, "bench:probe"
+    )
+    rooms = [driver_room(polling_account.id), driver_room(other_account.id)]
+    emit("job:accepted", {"job_id": 7}, rooms)
+    assert requests.get(poll, timeout=10).text == '42["job:accepted",{"job_id":7}]'
+    assert other.wait_for("job:accepted") == [{"job_id": 7}]
 
 
 # --- the sessions themselves, served by uvicorn in this process ------------------------------
