@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 AIOAPNS_VERSION = "4.0"
 MAX_CONNECTIONS = 4  # per environment: one carries up to 1000 streams, more only under load
 MAX_CONNECTION_ATTEMPTS = 2
+READ_PAUSE_S = 0.005  # an answer waits at most this long to be read with the next ones
 
 
 class PushRequest(NotificationRequest):
@@ -105,9 +106,9 @@ class DispatchProtocol(APNsTLSClientProtocol):
     are skipped instead of raising InvalidStateError; a reset stream ends its send (aioapns
     logged it as an unknown event and waited); finished streams are forgotten.
 
-    And cheaper per push: the headers every push of a fan-out shares are built once; what the
-    pushes of one loop iteration send goes out in one write; the idle timer is re-armed when it
-    fires, not on every write."""
+    And cheaper per push: the headers every push of a fan-out shares are built once; answers
+    are read in batches, and what the pushes of one loop iteration send goes out in one write;
+    the idle timer is re-armed when it fires, not on every write."""
 
     conn: PushConnection  # type: ignore[assignment]  # aioapns declares h2's H2Connection
 
@@ -118,6 +119,7 @@ class DispatchProtocol(APNsTLSClientProtocol):
         self.answers: dict[int, tuple[asyncio.Future[NotificationResult], str]] = {}
         self.constant_headers: dict[HeaderKey, list[tuple[bytes, bytes]]] = {}
         self.write_due = False
+        self.reading_paused = False
         self.last_write = self.loop.time()
 
     async def send_notification(self, request: NotificationRequest) -> NotificationResult:
@@ -214,6 +216,25 @@ class DispatchProtocol(APNsTLSClientProtocol):
                 self._terminated(event)
         if self.conn.outbound:
             self.flush()
+        if self.answers and not self.reading_paused:
+            self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        """Answers read in batches: while sends wait for answers, reading stops for
+        READ_PAUSE_S after each read, so the next read takes the answers that came meanwhile
+        at once, and the pushes they let through leave in one write. APNs answers each push
+        on its own (a TLS record each): read as they come, every answer cost a wake-up of the
+        loop, a decryption and a write of its own, the sender's largest cost per push."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.reading_paused = True
+        self.transport.pause_reading()
+        self.loop.call_later(READ_PAUSE_S, self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        self.reading_paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _answered(self, answer: Answered) -> None:
         self.free_channels.release()
