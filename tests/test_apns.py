@@ -769,3 +769,30 @@ def test_answer_statuses_are_read_as_hpack_decodes_them() -> None:
         except HPACKDecodingError:
             decoded = HPACKDecodingError
         assert decoded == expected
+
+
+def test_a_push_block_reuses_the_shared_encoding_until_the_table_changes() -> None:
+    """`encode_push` blocks decode to the push's headers; while the table holds, each shared
+    header is a one-byte reference; when the peer resizes the table, a size update opens the
+    next block."""
+    encoder, decoder = PushHeaderEncoder(), Decoder()
+    per_push = {b":path", b"apns-id"}
+    shared = sorted(
+        (header for header in push_headers(0) if header[0] not in per_push),
+        key=lambda header: not header[0].startswith(b":"),  # pseudo-headers first
+    )
+    for n in range(1, 6):
+        if n == 4:
+            encoder.header_table_size = 100  # as the peer's SETTINGS_HEADER_TABLE_SIZE does
+        path, apns_id = f"/3/device/{token(n)}".encode(), f"id-{n}".encode()
+        block = encoder.encode_push(path, apns_id, shared)
+        if n == 4:
+            assert block[0] & 0xE0 == 0x20
+            decoder.max_allowed_table_size = 100
+        expected = [(b":path", path), *shared, (b"apns-id", apns_id)]
+        assert decoder.decode(block, raw=True) == expected
+        per_push_size = len(
+            literal_without_indexing(b":path", path) + literal_without_indexing(b"apns-id", apns_id)
+        )
+        if n in (2, 3):
+            assert len(block) == per_push_size + len(shared)

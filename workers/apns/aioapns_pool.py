@@ -34,6 +34,7 @@ from workers.apns.push_connection import (
     Reset,
     Terminated,
 )
+from workers.apns.push_headers import SharedHeaders
 from workers.apns.pushes import APPLE_HOSTS, Push
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _error_result(notification_id: str, status: str, body: bytes) -> Notificatio
 
 
 HeaderKey = tuple[str | None, PushType | None, int | None, str | None, int | None, str | None]
-CONSTANT_HEADER_SETS = 16  # distinct (topic, type, priority, collapse id, expiry, token) kept
+SHARED_HEADER_SETS = 16  # distinct (topic, type, priority, collapse id, expiry, token) kept
 
 
 class DispatchProtocol(APNsTLSClientProtocol):
@@ -106,9 +107,9 @@ class DispatchProtocol(APNsTLSClientProtocol):
     are skipped instead of raising InvalidStateError; a reset stream ends its send (aioapns
     logged it as an unknown event and waited); finished streams are forgotten.
 
-    And cheaper per push: the headers every push of a fan-out shares are built once; answers
-    are read in batches, and what the pushes of one loop iteration send goes out in one write;
-    the idle timer is re-armed when it fires, not on every write."""
+    And cheaper per push: the headers every push of a fan-out shares are built and encoded
+    once; answers are read in batches, and what the pushes of one loop iteration send goes out
+    in one write; the idle timer is re-armed when it fires, not on every write."""
 
     conn: PushConnection  # type: ignore[assignment]  # aioapns declares h2's H2Connection
 
@@ -117,7 +118,7 @@ class DispatchProtocol(APNsTLSClientProtocol):
         self.conn = PushConnection()
         self.host = self.APNS_SERVER.encode()
         self.answers: dict[int, tuple[asyncio.Future[NotificationResult], str]] = {}
-        self.constant_headers: dict[HeaderKey, list[tuple[bytes, bytes]]] = {}
+        self.shared_headers: dict[HeaderKey, SharedHeaders] = {}
         self.write_due = False
         self.reading_paused = False
         self.last_write = self.loop.time()
@@ -130,13 +131,21 @@ class DispatchProtocol(APNsTLSClientProtocol):
         if self.transport is None or self.transport.is_closing():
             self.free_channels.release()
             raise ConnectionClosed("the connection is closing")
-        self.conn.send_request(stream_id, self._headers(request), _body(request))
+        self.conn.send_push(
+            stream_id,
+            b"/3/device/" + request.device_token.encode(),
+            request.notification_id.encode(),
+            self._shared_headers(request),
+            _body(request),
+        )
         self.flush()
         answer: asyncio.Future[NotificationResult] = self.loop.create_future()
         self.answers[stream_id] = (answer, request.notification_id)
         return await answer
 
-    def _headers(self, request: NotificationRequest) -> list[tuple[bytes, bytes]]:
+    def _shared_headers(self, request: NotificationRequest) -> SharedHeaders:
+        """Every header but `:path` and `apns-id`: the same for the pushes of a fan-out, so
+        built once, and the same list each time (its encoding is remembered by identity)."""
         authorization = self.auth_provider.get_header() if self.auth_provider else None
         expiration = getattr(request, "expiration", None)
         key = (
@@ -147,23 +156,21 @@ class DispatchProtocol(APNsTLSClientProtocol):
             expiration,
             authorization,
         )
-        constant = self.constant_headers.get(key)
-        if constant is None:
-            if len(self.constant_headers) >= CONSTANT_HEADER_SETS:
-                self.constant_headers.clear()
-            constant = self.constant_headers[key] = self._constant_headers(key)
-        return [
+        shared = self.shared_headers.get(key)
+        if shared is None:
+            if len(self.shared_headers) >= SHARED_HEADER_SETS:
+                self.shared_headers.clear()
+            shared = self.shared_headers[key] = self._build_shared_headers(key)
+        return shared
+
+    def _build_shared_headers(self, key: HeaderKey) -> SharedHeaders:
+        topic, push_type, priority, collapse_key, expiration, authorization = key
+        headers = [
             (b":method", b"POST"),
             (b":scheme", b"https"),
-            (b":path", b"/3/device/" + request.device_token.encode()),
             (b"host", self.host),
-            (b"apns-id", request.notification_id.encode()),
-            *constant,
+            (b"apns-topic", (topic or self.apns_topic).encode()),
         ]
-
-    def _constant_headers(self, key: HeaderKey) -> list[tuple[bytes, bytes]]:
-        topic, push_type, priority, collapse_key, expiration, authorization = key
-        headers = [(b"apns-topic", (topic or self.apns_topic).encode())]
         optional = {
             b"apns-push-type": push_type.value if push_type else None,
             b"apns-priority": priority,

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from hpack import HPACKError
 
-from workers.apns.push_headers import AnswerHeaderDecoder, PushHeaderEncoder
+from workers.apns.push_headers import AnswerHeaderDecoder, PushHeaderEncoder, SharedHeaders
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_WINDOW = 65_535
@@ -144,9 +144,18 @@ class PushConnection:
     def send_request(self, stream_id: int, headers: Iterable[Any], body: bytes) -> None:
         """HEADERS (and CONTINUATION if need be), then `body` as DATA ending the stream, as far
         as the peer's windows allow; the rest follows its WINDOW_UPDATEs."""
+        self._send(stream_id, self.encoder.encode(headers), body)
+
+    def send_push(
+        self, stream_id: int, path: bytes, apns_id: bytes, shared: SharedHeaders, body: bytes
+    ) -> None:
+        """`send_request` for a push: `shared` is what its fan-out has in common (see
+        PushHeaderEncoder.encode_push)."""
+        self._send(stream_id, self.encoder.encode_push(path, apns_id, shared), body)
+
+    def _send(self, stream_id: int, block: bytes, body: bytes) -> None:
         stream = _Stream(self.initial_stream_window)
         self.streams[stream_id] = stream
-        block = self.encoder.encode(headers)
         if len(block) <= self.max_frame_size:
             self.outbound += frame(HEADERS, END_HEADERS, stream_id, block)
         else:

@@ -41,6 +41,8 @@ PER_PUSH_HEADERS = frozenset({b":path", b"apns-id"})
 _LITERAL_NAMES = {b":path": b"\x04"}  # RFC 7541 Appendix A: :path is static entry 4
 _INDEXED = 0x80  # the first bit of an indexed header field (RFC 7541 6.1)
 _ENTRY_OVERHEAD = 32  # RFC 7541 4.1
+SHARED_BLOCKS_KEPT = 16
+SharedHeaders = list[tuple[bytes, bytes]]
 REMEMBERED_NAMES = 64
 
 
@@ -58,19 +60,55 @@ def literal_without_indexing(name: bytes, value: bytes) -> bytes:
 
 class PushHeaderEncoder(Encoder):
     """hpack's Encoder, with the per-push headers left out of the dynamic table and the
-    encoding of every other header remembered while the table stays as it is."""
+    encoding of every other header remembered while the table stays as it is; `encode_push`
+    remembers the whole encoding of the headers a fan-out's pushes share."""
 
     def __init__(self) -> None:
         super().__init__()
         self.references: dict[tuple[bytes, bytes], bytes] = {}
+        self.table_changes = 0  # counts the times the remembered encodings were forgotten
+        self.shared_blocks: dict[int, tuple[SharedHeaders, int, bytes]] = {}
+
+    def encode_push(self, path: bytes, apns_id: bytes, shared: SharedHeaders) -> bytes:
+        """The header block of one push: `:path`, then `shared` (the pseudo-headers and
+        headers its fan-out has in common, pseudo-headers first), then `apns-id`. The encoding
+        of `shared` is remembered (by identity: keep the same list) while the table stays as
+        it is."""
+        size_update = self._size_update()
+        remembered = self.shared_blocks.get(id(shared))
+        if (
+            remembered is not None
+            and remembered[0] is shared
+            and remembered[1] == self.table_changes
+        ):
+            block = remembered[2]
+        else:
+            changes = self.table_changes
+            block = self.encode(shared)
+            if self.table_changes == changes:  # references only: valid while the table holds
+                if len(self.shared_blocks) >= SHARED_BLOCKS_KEPT:
+                    self.shared_blocks.clear()
+                self.shared_blocks[id(shared)] = (shared, changes, block)
+        return (
+            size_update
+            + literal_without_indexing(b":path", path)
+            + block
+            + literal_without_indexing(b"apns-id", apns_id)
+        )
+
+    def _size_update(self) -> bytes:
+        """The table size updates owed since the peer's last SETTINGS_HEADER_TABLE_SIZE (they
+        open the next block); entries may have been evicted, so no remembered encoding holds."""
+        if not self.header_table.resized:
+            return b""
+        self.references.clear()
+        self.table_changes += 1
+        self.header_table.resized = False
+        return self._encode_table_size_change()
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
         """`headers`: (name, value) pairs of bytes, names lowercase."""
-        block = []
-        if self.header_table.resized:  # entries may have been evicted: no reference holds
-            self.references.clear()
-            block.append(self._encode_table_size_change())
-            self.header_table.resized = False
+        block = [self._size_update()]
         for name, value in headers:
             if name in PER_PUSH_HEADERS:
                 block.append(literal_without_indexing(name, value))
@@ -82,6 +120,7 @@ class PushHeaderEncoder(Encoder):
                     self.references[(name, value)] = encoded
                 else:  # added to the table: every dynamic index moved by one
                     self.references.clear()
+                    self.table_changes += 1
             block.append(encoded)
         return b"".join(block)
 
@@ -165,17 +204,22 @@ class AnswerHeaderDecoder(Decoder):
         as the encoder keeps it. A value is decoded only when it is read or enters a table with
         room: with SETTINGS_HEADER_TABLE_SIZE 0 (PushConnection asks for it), every value but
         the status is skipped, and each answer's `apns-id` is never Huffman-decoded."""
+        table = self.header_table
         status = b""
         list_size = 0
         at, end = 0, len(block)
         while at < end:
             first = block[at]
             if first & 0x80:  # indexed (6.1)
-                index, at = _integer(block, at, 7)
-                name, value = self.header_table.get_by_index(index)
+                if first < 0xFF:
+                    index, at = first & 0x7F, at + 1
+                else:
+                    index, at = _integer(block, at, 7)
+                name, value = table.get_by_index(index)
             elif first & 0x40:  # literal, indexed (6.2.1)
-                name, value, at = self._literal(block, at, 6, self.header_table.maxsize > 0)
-                self.header_table.add(name, value)
+                name, value, at = self._literal(block, at, 0x3F, table.maxsize > 0)
+                if table.maxsize:  # else it cannot enter: the table stays empty
+                    table.add(name, value)
             elif first & 0x20:  # table size update (6.3)
                 if list_size:
                     raise HPACKDecodingError("Table size update not at the start of the block")
@@ -185,7 +229,7 @@ class AnswerHeaderDecoder(Decoder):
                 self.header_table_size = size
                 continue
             else:  # literal, not indexed or never indexed (6.2.2, 6.2.3)
-                name, value, at = self._literal(block, at, 4, False)
+                name, value, at = self._literal(block, at, 0x0F, False)
             if name == b":status":
                 status = value
             list_size += len(name) + len(value) + _ENTRY_OVERHEAD
@@ -193,16 +237,17 @@ class AnswerHeaderDecoder(Decoder):
                 raise OversizedHeaderListError(
                     f"A header list larger than {self.max_header_list_size} has been received"
                 )
-        self._assert_valid_table_size()
+        if table.maxsize > self.max_allowed_table_size:
+            raise InvalidTableSizeError("Encoder did not shrink table size to within the max")
         return status
 
     def _literal(
-        self, block: bytes, at: int, prefix_bits: int, kept: bool
+        self, block: bytes, at: int, name_mask: int, kept: bool
     ) -> tuple[bytes, bytes, int]:
         """The field's name, its value (still coded unless `kept` or the name is `:status`:
         only its length is read), and where the next field starts."""
-        if block[at] & ((1 << prefix_bits) - 1):
-            index, at = _integer(block, at, prefix_bits)
+        if block[at] & name_mask:
+            index, at = _integer(block, at, name_mask.bit_length())
             name = self.header_table.get_by_index(index)[0]
         else:
             name, at = self._name(block, at + 1)
