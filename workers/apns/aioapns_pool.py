@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 AIOAPNS_VERSION = "4.0"
 MAX_CONNECTIONS = 4  # per environment: one carries up to 1000 streams, more only under load
 MAX_CONNECTION_ATTEMPTS = 2
-READ_PAUSE_S = 0.005  # an answer waits at most this long to be read with the next ones
+READ_PAUSE_S = 0.010  # an answer waits at most this long to be read with the next ones
 
 
 class PushRequest(NotificationRequest):
