@@ -17,7 +17,7 @@ from pathlib import Path
 from settings import PROJECT_ROOT
 
 PRODUCT = ("api", "models", "workers", "realtime", "settings.py", "celeryconfig.py")
-DEV_ONLY = {"honcho", "cryptography"}  # h2 is a requirement: workers/apns/push_connection.py
+DEV_ONLY = {"honcho", "cryptography"}
 NOT_SOURCE = (
     ".git",
     ".venv",
