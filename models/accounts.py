@@ -212,7 +212,13 @@ def authenticate(session: Session, email: str, password: str) -> User:
 
 
 def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(settings.secret_key, salt="dispatch.auth.v1")
+    return _serializer_for(settings.secret_key)
+
+
+@cache
+def _serializer_for(secret_key: str) -> URLSafeTimedSerializer:
+    """One per key (built on every signed-in request before: its signer and key derivation)."""
+    return URLSafeTimedSerializer(secret_key, salt="dispatch.auth.v1")
 
 
 def issue_token(user: User) -> str:
