@@ -1,7 +1,7 @@
 """Dispatch's seams in aioapns: where to connect, the contract's headers exactly, and fixes for
 aioapns's bugs.
 
-These subclasses copy and override aioapns internals (`conn`, `send_notification`,
+These subclasses copy and override aioapns internals (`conn`, both `send_notification`s,
 `data_received`, `free_channels`, `connection_lost`, `_create_connection`, `discard_connection`),
 so aioapns is pinned to exactly AIOAPNS_VERSION; tests/test_apns.py fails on any other. Before
 moving the pin, re-read each override below against the new aioapns and drop those whose
@@ -22,8 +22,10 @@ from aioapns.connection import (
     APNsBaseClientProtocol,
     APNsKeyConnectionPool,
     APNsTLSClientProtocol,
+    NoAvailableStreamIDError,  # h2's, which aioapns's stream ids raise
 )
-from aioapns.exceptions import ConnectionClosed
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+from aioapns.exceptions import ConnectionError as NoConnection
 
 from settings import settings
 from workers.apns.provider_token import SharedProviderToken
@@ -59,10 +61,13 @@ class PushRequest(NotificationRequest):
             notification_id=notification_id,
             priority=push.priority,
             collapse_key=push.collapse_id,
-            push_type=PushType(push.push_type),
+            push_type=_PUSH_TYPES[push.push_type],
         )
         self.expiration = int(push.expiration.timestamp()) if push.expiration else None
         self.body = body
+
+
+_PUSH_TYPES = {push_type.value: push_type for push_type in PushType}  # not an Enum call a push
 
 
 def encoded_payload(push: Push) -> bytes:
@@ -338,6 +343,35 @@ class DispatchPool(APNsKeyConnectionPool):
             self.auth,
         )
         return await self._create_connection(factory)
+
+    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
+        """aioapns 4.0's, without its two debug log records and its `acquire` coroutine for
+        every push: a connection with a free stream is taken at once, and only when none has
+        one does aioapns's `acquire` (new connection, or waiting) run. The same attempts: a
+        closed connection is retried on another up to MAX_CONNECTION_ATTEMPTS times, a
+        connection out of stream ids is closed (h2's FlowControlError, which aioapns also
+        catches, cannot come from our PushConnection)."""
+        for _ in range(self.max_connection_attempts):
+            connection = next((c for c in self.connections if not c.is_busy), None)
+            if connection is None:
+                try:
+                    connection = await self.acquire()
+                except NoConnection:
+                    log.warning("APNs push %s: no connection", request.notification_id)
+                    await asyncio.sleep(1)
+                    continue
+            try:
+                return await connection.send_notification(request)
+            except NoAvailableStreamIDError:
+                connection.close()
+            except ConnectionClosed:
+                log.warning("APNs push %s: connection closed", request.notification_id)
+        log.error(
+            "APNs push %s: no answer after %d attempts",
+            request.notification_id,
+            self.max_connection_attempts,
+        )
+        raise MaxAttemptsExceeded
 
     def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
         """A connection lost before the pool added it: aioapns 4.0 raises ValueError from

@@ -96,22 +96,19 @@ class Sender:
         answers: list[tuple[int | None, str | None]],
         deadline: float,
     ) -> None:
-        """Send the next push of `queue` until none is left or the deadline passes."""
+        """Send the next push of `queue` until none is left or the deadline passes: one send
+        each; after ExpiredProviderToken, one more with a freshly signed token."""
         try:
             async with asyncio.timeout_at(deadline):
                 for index, push in queue:
                     async with self.in_flight:
-                        answers[index] = await self._deliver(push)
+                        answer = await self._attempt(push)
+                        if answer == EXPIRED_PROVIDER_TOKEN:
+                            await asyncio.to_thread(self.auth.refresh, True)
+                            answer = await self._attempt(push)
+                        answers[index] = answer
         except TimeoutError:
             pass  # the push in hand, and those never taken, keep their (None, "timeout")
-
-    async def _deliver(self, push: Push) -> tuple[int | None, str | None]:
-        """One send; after ExpiredProviderToken, one more with a freshly signed token."""
-        status, reason = await self._attempt(push)
-        if (status, reason) == EXPIRED_PROVIDER_TOKEN:
-            await asyncio.to_thread(self.auth.refresh, True)
-            status, reason = await self._attempt(push)
-        return status, reason
 
     def _request(self, push: Push) -> PushRequest:
         """The push as aioapns sends it. Its `apns-id`: a canonical UUID unique to the push,
