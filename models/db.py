@@ -60,15 +60,21 @@ class Base(DeclarativeBase):
     pass
 
 
+def table_of(model: type[Base]) -> Table:
+    """The model's table, typed as one (for statements on the table, not the ORM)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
 def insert_row(session: Session, model: type[Base], values: dict[str, Any]) -> int:
     """Insert one row of `model`'s table in the session's transaction and return its id: one
     INSERT … RETURNING, not a unit-of-work flush (which costs about a millisecond more), and
     the statement built once, the values passed as parameters (a statement with the values
     in it builds a bound parameter and its cache key for each, per call). No object is
     attached to the session."""
-    table = model.__table__
-    assert isinstance(table, Table)
-    return int(session.connection().execute(_insert_returning_id(table), values).scalar_one())
+    statement = _insert_returning_id(table_of(model))
+    return int(session.connection().execute(statement, values).scalar_one())
 
 
 @cache

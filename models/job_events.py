@@ -19,7 +19,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    Table,
     Update,
     bindparam,
     func,
@@ -29,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, insert_row, one_of, partial_index, utcnow
+from models.db import Base, UTCDateTime, insert_row, one_of, partial_index, table_of, utcnow
 
 
 class EventType(StrEnum):
@@ -180,8 +179,7 @@ def mark_announced(session: Session, event_id: int, push_within_s: float | None)
 @cache
 def _mark_announced() -> Update:
     """Built once, its values parameters: announcing a job marks two or three events."""
-    events = JobEvent.__table__
-    assert isinstance(events, Table)
+    events = table_of(JobEvent)
     return (
         update(events)
         .where(events.c.id == bindparam("event_id"), events.c.announced_at.is_(None))

@@ -14,12 +14,12 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NoReturn
 
-from sqlalchemy import Select, Table, Update, bindparam, select, update
+from sqlalchemy import Select, Update, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.accounts import DriverProfile, User
-from models.db import insert_row, utcnow
+from models.db import insert_row, table_of, utcnow
 from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
 from models.job_events import EventType, JobEvent, last_step, record_event
 from models.jobs import Job, JobStatus, Place, require_role
@@ -230,9 +230,7 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     if row is None:
         # The few columns that decide: 19 of 20 concurrent accepts lose, and a loser needs
         # no job, customer or profile loaded.
-        seen = session.execute(seen_by, {"job_id": job_id, "taker": driver.id}).first()
-        if seen is None:
-            raise NotFound("No such job.")
+        seen = _seen_offer(session, seen_by, job_id, driver.id)
         # Accepted and theirs: nothing else leaves it so (a later step changes the status,
         # a release closes their offer), so this is their retry.
         if seen.status == JobStatus.accepted and seen.driver_id == driver.id:
@@ -242,9 +240,7 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
         claim, {"job_id": job_id, "taker": driver.id, "round": row.offer_round}
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
-        seen = session.execute(seen_by, {"job_id": job_id, "taker": driver.id}).first()
-        if seen is None:
-            raise NotFound("No such job.")
+        seen = _seen_offer(session, seen_by, job_id, driver.id)
         if seen.round != row.offer_round or seen.closed_at is not None:
             raise JobNotAvailable()
         _refuse_claim(session, driver.id)
@@ -256,16 +252,22 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     return Step(job, [event])
 
 
+def _seen_offer(session: Session, seen_by: Select[Any], job_id: int, driver_id: int) -> Any:
+    """The driver's offer of the job and the job's status, read afresh; NotFound if the job
+    was never offered to them."""
+    seen = session.execute(seen_by, {"job_id": job_id, "taker": driver_id}).first()
+    if seen is None:
+        raise NotFound("No such job.")
+    return seen
+
+
 @cache
 def _accept_statements() -> tuple[Update, Select[Any], Update]:
     """accept_job's statements, built once with their values as parameters. All 20 of 20
     concurrent accepts run the first two (19 nothing else); built per call, through the
     ORM's bulk-update path, each value a bound parameter with its own cache key, they were
     a third of a losing accept's CPU."""
-    jobs, offers = Job.__table__, Offer.__table__
-    profiles = DriverProfile.__table__
-    assert isinstance(jobs, Table) and isinstance(offers, Table)
-    assert isinstance(profiles, Table)
+    jobs, offers, profiles = table_of(Job), table_of(Offer), table_of(DriverProfile)
     take = (
         update(jobs)
         .where(

@@ -15,7 +15,6 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
-    Table,
     UniqueConstraint,
     Update,
     bindparam,
@@ -27,7 +26,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Mapped, Session, lazyload, mapped_column, relationship
 
 from models.accounts import User
-from models.db import Base, UTCDateTime, one_of, utcnow
+from models.db import Base, UTCDateTime, one_of, table_of, utcnow
 from models.errors import Forbidden, NotFound
 from models.job_events import EventType, JobEvent, record_event
 from models.jobs import Job, JobStatus
@@ -244,8 +243,7 @@ def _unnotified_offers() -> Select[Offer]:
 
 @cache
 def _mark_notified() -> Update:
-    offers = Offer.__table__
-    assert isinstance(offers, Table)
+    offers = table_of(Offer)
     return (
         update(offers)
         .where(offers.c.id.in_(bindparam("offer_ids", expanding=True)))
