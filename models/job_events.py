@@ -139,12 +139,14 @@ def unannounced_events(session: Session, older_than_s: float, limit: int) -> lis
     return [(row.id, row.type) for row in rows]
 
 
-def overdue_push_event_ids(session: Session, limit: int) -> list[int]:
-    """Events whose pushes were due by now and are not done: the push worker died."""
+def overdue_push_event_ids(session: Session, late_by_s: float, limit: int) -> list[int]:
+    """Events whose pushes were due more than `late_by_s` ago and are not done: their
+    enqueue was lost or the push worker died."""
+    since = utcnow() - timedelta(seconds=late_by_s)
     return list(
         session.scalars(
             select(JobEvent.id)
-            .where(JobEvent.push_due_at.is_not(None), JobEvent.push_due_at <= utcnow())
+            .where(JobEvent.push_due_at.is_not(None), JobEvent.push_due_at <= since)
             .order_by(JobEvent.push_due_at)
             .limit(limit)
         )

@@ -114,9 +114,11 @@ SQLITE_MODULES = {entry.split("::")[0] for entry in SQLITE_TESTS}
 # What runs with TEST_BROKER=rabbitmq (besides tests/test_rabbitmq*.py), as SQLITE_TESTS: the
 # worker tests whose path through the broker differs from Redis's, few enough to keep that
 # run short. Routing: each queue's tasks (dispatch, push); retries and countdowns: APNs
-# answers retried (held in the broker's delay queues); acks: a pool child killed mid-task;
-# confirms and publish timeouts: the broker's outage, with the API under gunicorn.
+# answers retried (held in the broker's delay queues); headers: a task's publish time; acks:
+# a pool child killed mid-task; confirms and publish timeouts: the broker's outage, with the
+# API under gunicorn.
 RABBITMQ_TESTS = (
+    "tests/test_backlog.py::test_the_worker_reports_how_long_its_tasks_waited_in_the_queue",
     "tests/test_broker_outage.py",
     "tests/test_dispatch_worker.py::test_job_reaches_exactly_the_eligible_drivers",
     "tests/test_dispatch_worker.py::test_accept_and_cancel_reach_every_offered_driver",

@@ -197,9 +197,14 @@ def test_one_job_offered_and_accepted_moves_each_metric_by_exactly_that(
         < worker["dispatch_booking_to_accept_seconds_sum"]
     )
 
-    assert pushworker == {
+    assert {k: v for k, v in pushworker.items() if k.startswith("dispatch_pushes_total")} == {
         'dispatch_pushes_total{outcome="delivered",reason="200"}': 2,
     }
+    # Each task's wait in its queue, counted by the worker that started it: the two pushes,
+    # and the booking's and the accept's announcements.
+    assert pushworker['dispatch_task_wait_seconds_count{queue="push"}'] == 2
+    assert worker['dispatch_task_wait_seconds_count{queue="dispatch"}'] >= 2
+    assert not any("queue=" in key for key in api) and not any("queue=" in key for key in gateway)
 
     assert gateway['dispatch_location_reports_total{via="socket"}'] == 1
     assert gateway['dispatch_socket_events_total{event="job:new"}'] == 1

@@ -408,6 +408,33 @@ RULE_TESTS = [
         ],
         "alert_rule_test": [firing("25m", "DispatchPushFailureRatioHigh")],
     },
+    {  # dispatch tasks wait 10-30 s from minute 10 on: a page 10 minutes later; push tasks
+        # wait under 5 ms: none
+        "input_series": [
+            *(
+                series(
+                    f'dispatch_task_wait_seconds_bucket{{queue="dispatch", le="{le}", {WORKER}}}',
+                    values,
+                )
+                for le, values in (("5.0", "0+10x40"), ("30.0", "0+10x10 100+30x30"))
+            ),
+            series(
+                f'dispatch_task_wait_seconds_bucket{{queue="dispatch", le="+Inf", {WORKER}}}',
+                "0+10x10 100+30x30",
+            ),
+            *(
+                series(
+                    f'dispatch_task_wait_seconds_bucket{{queue="push", le="{le}", {PUSHWORKER}}}',
+                    "0+10x40",
+                )
+                for le in ("0.005", "5.0", "+Inf")
+            ),
+        ],
+        "alert_rule_test": [
+            firing("18m", "DispatchWorkersBehind"),
+            firing("30m", "DispatchWorkersBehind", {**PAGE, "queue": "dispatch"}),
+        ],
+    },
     {  # one re-drive: a ticket, no page; re-drives every minute: a page
         "input_series": [
             series(f'dispatch_sweep_redriven_total{{kind="push", {RELAY}}}', "0 0 1x40"),

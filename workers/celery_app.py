@@ -15,6 +15,7 @@ from celery.signals import celeryd_init, setup_logging, task_postrun, task_preru
 from kombu.exceptions import KombuError
 
 from settings import settings
+from workers.backlog import PUBLISHED_HEADER, note_start
 from workers.logs import REQUEST_ID_HEADER, LogIds, close_context, configure_logging, open_context
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,15 @@ def _declare_every_queue(**_: Any) -> None:
 def _open_task_context(task_id: str = "", task: Any = None, **_: Any) -> None:
     request_id = task.request.get(REQUEST_ID_HEADER) if task is not None else None
     _task_contexts[task_id] = open_context(task_id=task_id, request_id=request_id)
+
+
+@task_prerun.connect
+def _note_queue_wait(task: Any = None, **_: Any) -> None:
+    """A first attempt's wait in its queue (a retry carries its first publish's time)."""
+    if task is not None and not task.request.retries:
+        queue = (task.request.delivery_info or {}).get("routing_key")
+        if queue:
+            note_start(queue, task.request.get(PUBLISHED_HEADER))
 
 
 @task_postrun.connect

@@ -23,6 +23,7 @@ from models.jobs import Job
 from models.lifecycle import Step
 from models.tracking import sync_tracking
 from settings import settings
+from workers.backlog import published_header
 from workers.celery_app import app
 from workers.logs import bind_job, task_headers
 
@@ -77,7 +78,7 @@ def enqueue(task: str, event_id: int) -> bool:
                 args=(event_id,),
                 producer=producer,
                 retry=False,
-                headers=task_headers(),
+                headers=task_headers() | published_header(),
                 confirm_timeout=CONFIRM_TIMEOUT_S,
                 argsrepr=f"({event_id},)",  # what Celery's saferepr would make, without it
                 kwargsrepr="{}",

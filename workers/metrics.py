@@ -78,6 +78,13 @@ OFFERS_PER_ROUND = Histogram(
     "Drivers offered a job in one round (its first, or the one after a release).",
     buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500),
 )
+TASK_WAIT = Histogram(
+    "dispatch_task_wait_seconds",
+    "How long a task waited in its queue (dispatch, push) before a worker started it: the "
+    "workers are behind when it grows; the relay holds its re-drives for as long.",
+    ["queue"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
 OFFERS_SENT = Counter("dispatch_offers_sent", "Offers sent to drivers as job:new.")
 PUSHES = Counter(
     "dispatch_pushes",

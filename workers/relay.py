@@ -7,6 +7,9 @@ Redis has lost it) it makes the index of dispatchable drivers agree with the dat
 (models.positions). A pass that finds nothing sends no task and logs nothing, so Flower's
 task list and the log show the real work, not ~2,000 empty sweeps an hour.
 
+An event is overdue only once it is older than RELAY_AFTER_S plus the time its queue's
+tasks now wait before a worker starts them (workers.backlog): while the workers are behind,
+its task is most likely still queued, and a copy behind it would only lengthen the queue.
 An overdue event is handed out again only after a hold that doubles with each re-drive of it
 (RELAY_HOLD_S, then 10, 20 … up to RELAY_MAX_HOLD_S): a backlog in a slow queue is not
 multiplied by every pass, and a copy lost with a dying worker is soon sent again. Running
@@ -30,6 +33,7 @@ from models.job_events import overdue_push_event_ids, unannounced_events
 from models.lifecycle import expire_due_jobs
 from models.positions import RECONCILE_EVERY_S, reconcile_standing, standing_lost
 from settings import settings
+from workers.backlog import queue_waits
 from workers.enqueue import announce, enqueue_push
 from workers.logs import configure_logging
 from workers.metrics import INDEX_REPAIRED, SWEEP_REDRIVEN, serve_scrapes
@@ -48,6 +52,7 @@ redis.call('SET', KEYS[1], 1, 'EX', math.floor(hold))
 return 1
 """
 RELAY_BATCH = 500
+ANNOUNCEMENT_QUEUE, PUSH_QUEUE = QUEUES = ("dispatch", "push")  # celeryconfig's task_routes
 SWEEP_EVERY_S = max(1.0, settings.relay_after_s / 2)
 UNREACHABLE = (RedisError, BrokerUnavailable, DatabaseUnavailable, OSError)
 
@@ -63,16 +68,19 @@ def claim_relays(kind: str, event_ids: list[int]) -> list[int]:
     return [event_id for event_id, took in zip(event_ids, claimed, strict=True) if took]
 
 
-def overdue_announcements() -> list[tuple[int, str]]:
+def overdue_announcements(queue_wait_s: float) -> list[tuple[int, str]]:
+    """Unannounced events older than RELAY_AFTER_S plus the dispatch queue's wait (one still
+    queued is not lost), claimed for this sweep."""
     with session_scope() as session:
-        events = unannounced_events(session, settings.relay_after_s, RELAY_BATCH)
+        events = unannounced_events(session, settings.relay_after_s + queue_wait_s, RELAY_BATCH)
     claimed = set(claim_relays("announce", [event_id for event_id, _ in events]))
     return [(event_id, type_) for event_id, type_ in events if event_id in claimed]
 
 
-def overdue_pushes() -> list[int]:
+def overdue_pushes(queue_wait_s: float) -> list[int]:
+    """Events whose pushes were due longer ago than the push queue's wait, claimed."""
     with session_scope() as session:
-        event_ids = overdue_push_event_ids(session, RELAY_BATCH)
+        event_ids = overdue_push_event_ids(session, queue_wait_s, RELAY_BATCH)
     return claim_relays("push", list(event_ids))
 
 
@@ -104,9 +112,10 @@ def reconcile_index(force: bool = False) -> list[int]:
 def sweep() -> None:
     """One pass: re-drive what is overdue and expire what is due (a task for each), logged
     only if anything."""
-    announcements = overdue_announcements()
+    waits = queue_waits(QUEUES)
+    announcements = overdue_announcements(waits[ANNOUNCEMENT_QUEUE])
     announce(announcements)
-    pushes = overdue_pushes()
+    pushes = overdue_pushes(waits[PUSH_QUEUE])
     for event_id in pushes:
         enqueue_push(event_id)
     SWEEP_REDRIVEN.labels("announcement").inc(len(announcements))
