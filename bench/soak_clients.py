@@ -48,6 +48,7 @@ REST_TIMEOUT_S = 30.0
 REST_ATTEMPTS = 3  # a connection gunicorn closed as idle just as a request went out
 REST_CONNECTIONS = 32
 PROGRESS_EVERY_S = 30.0
+FINISH_WAIT_S = 20.0
 DISPATCH_EVERY_S = 0.02
 
 
@@ -202,14 +203,28 @@ class _App:
         self.stopping = True
         for task in list(self.tasks):
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await asyncio.gather(
-            *(s.ws.close() for s in self.sockets.values() if s.ws is not None),
-            return_exceptions=True,
+        # Bounded: a task or a close stuck on a socket the server stopped reading must not
+        # keep the records from the checks (it is counted instead).
+        not_stopped = await _within(FINISH_WAIT_S, list(self.tasks))
+        not_closed = await _within(
+            FINISH_WAIT_S, [s.ws.close() for s in self.sockets.values() if s.ws is not None]
         )
-        await self.http.aclose()
+        await _within(FINISH_WAIT_S, [self.http.aclose()])
+        if not_stopped or not_closed:
+            self.counts["not_stopped"] += not_stopped + not_closed
         self.records["counts"] = [dict(self.counts)]
         Path(self.control.records_file).write_text(json.dumps(self.records))
+
+
+async def _within(timeout_s: float, work: Sequence[Awaitable[Any]]) -> int:
+    """Wait at most `timeout_s` for all of `work`; how many did not end (each is cancelled)."""
+    if not work:
+        return 0
+    tasks = [asyncio.ensure_future(w) for w in work]
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        task.cancel()
+    return len(pending)
 
 
 @dataclass

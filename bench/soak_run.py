@@ -156,7 +156,15 @@ class Clients:
         waiting = {c.name for c in self.controls}
         deadline = time.monotonic() + timeout_s
         while waiting:
-            kind_got, name, value = self.next(deadline)
+            try:
+                kind_got, name, value = self.next(deadline)
+            except TimeoutError:
+                pairs = zip(self.controls, self.children, strict=True)
+                exits = {control.name: child.exitcode for control, child in pairs}
+                raise TimeoutError(
+                    f"no {kind!r} in {timeout_s:.0f} s from {sorted(waiting)} "
+                    f"(exit codes, None while running: {exits})"
+                ) from None
             if kind_got == kind:
                 waiting.discard(name)
                 _progress(f"{name}: {kind} {value if value is not None else ''}")
