@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -34,12 +35,13 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from fake_apns import Behaviour, Credentials, FakeAPNs
+from fake_apns import server as fake_apns_server
 from models.db import redis_connection
 from settings import PROJECT_ROOT, settings
 from tests.processes import wait_until
 from workers import apns
-from workers.apns import Outcome, Push, classify, provider_token, send_pushes
-from workers.apns.aioapns_pool import AIOAPNS_VERSION
+from workers.apns import Outcome, Push, PushResult, classify, provider_token, send_pushes
+from workers.apns.aioapns_pool import AIOAPNS_VERSION, MAX_CONNECTIONS
 from workers.apns.push_connection import (
     Answered,
     ConcurrencyLimit,
@@ -154,8 +156,8 @@ def test_aioapns_is_the_version_its_workarounds_were_written_against() -> None:
     installed = importlib.metadata.version("aioapns")
     assert installed == AIOAPNS_VERSION, (
         f"aioapns {installed} is installed, but workers/apns/aioapns_pool.py overrides the "
-        f"internals of aioapns {AIOAPNS_VERSION} (conn, send_notification, data_received, "
-        "free_channels, connection_lost, _create_connection, discard_connection). Re-read each "
+        f"internals of aioapns {AIOAPNS_VERSION} (conn, free_channels, data_received, close, "
+        "connection_lost, _create_connection, discard_connection). Re-read each "
         "override there against the new version, then move AIOAPNS_VERSION and setup.cfg's pin "
         "together."
     )
@@ -319,6 +321,85 @@ def test_the_call_is_bounded_even_with_more_pushes_than_slots(fake_apns: FakeAPN
     assert {(r.outcome, r.reason) for r in results} == {(Outcome.retry, "timeout")}
     assert fake_apns.wait_idle()
     assert len(fake_apns.received()) == apns.MAX_IN_FLIGHT  # the others never left
+
+
+def test_no_more_than_max_in_flight_pushes_wait_at_the_server(fake_apns: FakeAPNs) -> None:
+    count = apns.MAX_IN_FLIGHT + 50
+    for n in range(count):
+        fake_apns.behave(token(n), Behaviour(200, None, delay_s=0.5))
+    results: list[PushResult] = []
+    fan_out = threading.Thread(
+        target=lambda: results.extend(send_pushes([offer_push(n) for n in range(count)], 10))
+    )
+    fan_out.start()
+    wait_until(lambda: fake_apns.pending() == apns.MAX_IN_FLIGHT, 5, "a full window in flight")
+    time.sleep(0.2)
+    assert fake_apns.pending() == apns.MAX_IN_FLIGHT
+    fan_out.join(10)
+    assert [r.outcome for r in results] == [Outcome.delivered] * count
+
+
+@pytest.fixture
+def streams_per_connection(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """The fake server allows 10 streams a connection; the process's sender starts afresh
+    (so its connections learn the limit), and again after the test."""
+    monkeypatch.setattr(fake_apns_server, "MAX_CONCURRENT_STREAMS", 10)
+    apns.shutdown()
+    yield 10
+    apns.shutdown()
+
+
+def test_the_pool_opens_another_connection_when_every_stream_is_busy(
+    fake_apns: FakeAPNs, streams_per_connection: int
+) -> None:
+    count = streams_per_connection * 2 + 5
+    for n in range(count):
+        fake_apns.behave(token(n), Behaviour(200, None, delay_s=0.5))
+    results = send_pushes([offer_push(n) for n in range(count)], timeout_s=10)
+    assert [r.outcome for r in results] == [Outcome.delivered] * count
+    per_connection = Counter(p.connection for p in fake_apns.received())
+    assert sorted(per_connection.values()) == [5, streams_per_connection, streams_per_connection]
+
+
+def test_the_pool_opens_no_more_than_max_connections(
+    fake_apns: FakeAPNs, streams_per_connection: int
+) -> None:
+    """Pushes beyond every connection's streams wait for a stream to be free."""
+    count = streams_per_connection * MAX_CONNECTIONS + 15
+    for n in range(count):
+        fake_apns.behave(token(n), Behaviour(200, None, delay_s=0.3))
+    connections_before = fake_apns.connections
+    started = time.monotonic()
+    results = send_pushes([offer_push(n) for n in range(count)], timeout_s=10)
+    assert [r.outcome for r in results] == [Outcome.delivered] * count
+    assert time.monotonic() - started >= 0.6  # the last 15 waited for the first answers
+    assert len({p.connection for p in fake_apns.received()}) == MAX_CONNECTIONS
+    assert fake_apns.connections - connections_before == MAX_CONNECTIONS
+
+
+def test_pushes_on_a_connection_lost_mid_fan_out_are_sent_again_on_a_new_one(
+    fake_apns: FakeAPNs,
+) -> None:
+    send_pushes([offer_push(0)])  # the process's connection, open before the fan-out
+    [first] = {p.connection for p in fake_apns.received()}
+    for n in range(1, 31):
+        fake_apns.behave(token(n), Behaviour(200, None, times=1, delay_s=5))
+    results: list[PushResult] = []
+    fan_out = threading.Thread(
+        target=lambda: results.extend(send_pushes([offer_push(n) for n in range(1, 31)], 8))
+    )
+    fan_out.start()
+    wait_until(lambda: fake_apns.pending() == 30, 5, "the fan-out at the server")
+    sender = current_sender()
+    [connection] = sender.pools["production"].connections
+    assert connection.transport is not None
+    sender.loop.call_soon_threadsafe(connection.transport.abort)
+    fan_out.join(10)
+    assert [r.outcome for r in results] == [Outcome.delivered] * 30
+    answered = [p for p in fake_apns.received() if p.token != token(0)]
+    assert sorted(p.token for p in answered) == [token(n) for n in range(1, 31)]
+    [again] = {p.connection for p in answered}
+    assert again != first
 
 
 def test_a_forked_child_pushes_on_its_own_loop_and_connection(fake_apns: FakeAPNs) -> None:

@@ -1,12 +1,12 @@
 """Dispatch's seams in aioapns: where to connect, the contract's headers exactly, and fixes for
 aioapns's bugs.
 
-These subclasses copy and override aioapns internals (`conn`, both `send_notification`s,
-`data_received`, `free_channels`, `connection_lost`, `_create_connection`, `discard_connection`),
-so aioapns is pinned to exactly AIOAPNS_VERSION; tests/test_apns.py fails on any other. Before
-moving the pin, re-read each override below against the new aioapns and drop those whose
-upstream bug is fixed. Measured against a thin httpx client in bench/push.py
-(bench/push_httpx.py): aioapns kept."""
+These subclasses copy and override aioapns internals (`conn`, `free_channels`, `data_received`,
+`close`, `connection_lost`, `_create_connection`, `discard_connection`; a push no longer goes
+through either `send_notification` or the pool's `acquire`), so aioapns is pinned to exactly
+AIOAPNS_VERSION; tests/test_apns.py fails on any other. Before moving the pin, re-read each
+override below against the new aioapns and drop those whose upstream bug is fixed. Measured
+against a thin httpx client in bench/push.py (bench/push_httpx.py): aioapns kept."""
 
 from __future__ import annotations
 
@@ -14,18 +14,17 @@ import asyncio
 import json
 import logging
 import ssl
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-from aioapns.common import NotificationRequest, NotificationResult, PushType
 from aioapns.connection import (
     APNsBaseClientProtocol,
     APNsKeyConnectionPool,
     APNsTLSClientProtocol,
     NoAvailableStreamIDError,  # h2's, which aioapns's stream ids raise
 )
-from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
-from aioapns.exceptions import ConnectionError as NoConnection
+from aioapns.exceptions import ConnectionClosed
 
 from settings import settings
 from workers.apns.provider_token import SharedProviderToken
@@ -44,35 +43,36 @@ log = logging.getLogger(__name__)
 AIOAPNS_VERSION = "4.0"
 MAX_CONNECTIONS = 4  # per environment: one carries up to 1000 streams, more only under load
 MAX_CONNECTION_ATTEMPTS = 2
+CONNECT_RETRY_S = 1.0  # after a failed connection, the next attempt waits this long
+CONNECT_TIMEOUT_S = 10.0  # to connect, and to have the server's first SETTINGS
 READ_PAUSE_S = 0.010  # an answer waits at most this long to be read with the next ones
+HIGHEST_STREAM_ID = 2**31 - 1
+DEFAULT_STREAM_BOUND = 1000  # aioapns's, until the server says otherwise
+
+PushFields = tuple[str, int | None, str | None, int | None]  # type, priority, collapse id, expiry
 
 
-class PushRequest(NotificationRequest):
-    """aioapns's request, with an absolute `apns-expiration` (aioapns 4.0 only sends
-    `time_to_live` seconds from the moment of sending: a feature it lacks, no upstream issue),
-    and its body already encoded: the pushes of a fan-out share one (`encoded_payload`)."""
-
-    __slots__ = ("expiration", "body")
-
-    def __init__(self, push: Push, body: bytes, notification_id: str) -> None:
-        super().__init__(
-            device_token=push.token,
-            message=push.payload(),
-            notification_id=notification_id,
-            priority=push.priority,
-            collapse_key=push.collapse_id,
-            push_type=_PUSH_TYPES[push.push_type],
-        )
-        self.expiration = int(push.expiration.timestamp()) if push.expiration else None
-        self.body = body
-
-
-_PUSH_TYPES = {push_type.value: push_type for push_type in PushType}  # not an Enum call a push
+def push_fields(push: Push) -> PushFields:
+    """The headers a push has in common with the rest of its fan-out, as sent. Its
+    `apns-expiration` is absolute (aioapns 4.0 only sends `time_to_live` seconds from the
+    moment of sending: a feature it lacks, no upstream issue)."""
+    expiration = int(push.expiration.timestamp()) if push.expiration else None
+    return push.push_type, push.priority, push.collapse_id, expiration
 
 
 def encoded_payload(push: Push) -> bytes:
     """The push's JSON body as sent: compact, UTF-8."""
     return json.dumps(push.payload(), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Waiting(Protocol):
+    """What waits for the answer to a push sent on a connection."""
+
+    def answered(self, status: int, reason: str | None) -> None: ...
+
+    def failed(self, error: Exception) -> None:
+        """No answer will come: the stream was reset (StreamReset) or the connection lost
+        (ConnectionClosed)."""
 
 
 class StreamReset(Exception):
@@ -83,21 +83,50 @@ class StreamReset(Exception):
         self.error_code = error_code
 
 
-def _error_result(notification_id: str, status: str, body: bytes) -> NotificationResult:
-    """An error answer; a body that is not Apple's JSON still ends the wait."""
+def _reason(body: bytes) -> str | None:
+    """An error answer's reason; a body that is not Apple's JSON still ends the wait."""
     try:
         answer = json.loads(body)
     except ValueError:
-        answer = None
-    if not isinstance(answer, dict):
-        answer = {}
-    return NotificationResult(
-        notification_id, status, description=answer.get("reason"), timestamp=answer.get("timestamp")
-    )
+        return None
+    return answer.get("reason") if isinstance(answer, dict) else None
 
 
-HeaderKey = tuple[str | None, PushType | None, int | None, str | None, int | None, str | None]
-SHARED_HEADER_SETS = 16  # distinct (topic, type, priority, collapse id, expiry, token) kept
+class StreamIds:
+    """A connection's stream ids, and how many of its streams may be open at once (the peer's
+    SETTINGS_MAX_CONCURRENT_STREAMS): aioapns's ChannelPool, a semaphore that every push
+    awaited, as a count. A push takes a stream at once, or waits in the sender's queue."""
+
+    __slots__ = ("bound", "open", "last_id")
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.open = 0
+        self.last_id = -1
+
+    @property
+    def is_busy(self) -> bool:
+        return self.open >= self.bound
+
+    def take(self) -> int:
+        if self.last_id + 2 > HIGHEST_STREAM_ID:
+            raise NoAvailableStreamIDError
+        self.last_id += 2
+        self.open += 1
+        return self.last_id
+
+    def release(self) -> None:
+        if self.open:
+            self.open -= 1
+
+    def destroy(self, exc: Exception | None = None) -> None:
+        """No stream is taken any more: the connection is closing (aioapns's
+        `connection_lost` calls this with its error)."""
+        self.bound = 0
+
+
+HeaderKey = tuple[PushFields, str | None]
+SHARED_HEADER_SETS = 16  # distinct (type, priority, collapse id, expiry, token) kept
 
 
 class DispatchProtocol(APNsTLSClientProtocol):
@@ -108,59 +137,50 @@ class DispatchProtocol(APNsTLSClientProtocol):
     which made every answer's Huffman-coded `apns-id` be decoded), and that also fixes aioapns
     4.0's bugs: received DATA is acknowledged (it never was, so ~64 KiB of error bodies stalled
     a connection); an error answer is read when its stream ends, so a missing or non-JSON body
-    cannot hang a send; answers and losses for sends already given up on (a caller's timeout)
-    are skipped instead of raising InvalidStateError; a reset stream ends its send (aioapns
-    logged it as an unknown event and waited); finished streams are forgotten.
+    cannot hang a send; a reset stream ends its send (aioapns logged it as an unknown event and
+    waited); finished streams are forgotten; a connection is used once the server's SETTINGS
+    came (`ready`), so its concurrency limit holds from the first push.
 
-    And cheaper per push: the headers every push of a fan-out shares are built and encoded
-    once; answers are read in batches, and what the pushes of one loop iteration send goes out
-    in one write; the idle timer is re-armed when it fires, not on every write."""
+    And cheaper per push: a push is framed at once on a free stream, with no coroutine, future
+    or semaphore (`send_push`; its answer is a call of its `Waiting`); the headers every push
+    of a fan-out shares are built and encoded once; answers are read in batches, and what the
+    pushes of one loop iteration send goes out in one write; the idle timer is re-armed when
+    it fires, not on every write."""
 
     conn: PushConnection  # type: ignore[assignment]  # aioapns declares h2's H2Connection
+    free_channels: StreamIds  # type: ignore[assignment]  # aioapns's is a semaphore
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = PushConnection()
+        self.free_channels = StreamIds(DEFAULT_STREAM_BOUND)
         self.host = self.APNS_SERVER.encode()
-        self.answers: dict[int, tuple[asyncio.Future[NotificationResult], str]] = {}
+        self.answers: dict[int, Waiting] = {}
         self.shared_headers: dict[HeaderKey, SharedHeaders] = {}
         self.write_due = False
         self.reading_paused = False
         self.last_write = self.loop.time()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
 
-    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
-        """aioapns 4.0's own, on our connection: its future is made on `self.loop` (aioapns's
-        `asyncio.Future()` binds whatever loop is current), and a send on a connection already
-        closing fails at once instead of waiting for an answer that cannot come."""
-        stream_id = await self.free_channels.acquire()
+    def send_push(
+        self, waiting: Waiting, token: str, apns_id: bytes, body: bytes, fields: PushFields
+    ) -> None:
+        """The push framed on a free stream at once (the caller saw `is_busy` false), written
+        with the rest of this loop iteration's; `waiting` is told its answer. A connection
+        already closing raises ConnectionClosed instead of taking a push it cannot answer."""
         if self.transport is None or self.transport.is_closing():
-            self.free_channels.release()
+            self.free_channels.destroy()
             raise ConnectionClosed("the connection is closing")
-        self.conn.send_push(
-            stream_id,
-            b"/3/device/" + request.device_token.encode(),
-            request.notification_id.encode(),
-            self._shared_headers(request),
-            _body(request),
-        )
+        stream_id = self.free_channels.take()
+        path = b"/3/device/" + token.encode()
+        self.conn.send_push(stream_id, path, apns_id, self._shared_headers(fields), body)
+        self.answers[stream_id] = waiting
         self.flush()
-        answer: asyncio.Future[NotificationResult] = self.loop.create_future()
-        self.answers[stream_id] = (answer, request.notification_id)
-        return await answer
 
-    def _shared_headers(self, request: NotificationRequest) -> SharedHeaders:
+    def _shared_headers(self, fields: PushFields) -> SharedHeaders:
         """Every header but `:path` and `apns-id`: the same for the pushes of a fan-out, so
         built once, and the same list each time (its encoding is remembered by identity)."""
-        authorization = self.auth_provider.get_header() if self.auth_provider else None
-        expiration = getattr(request, "expiration", None)
-        key = (
-            request.apns_topic,
-            request.push_type,
-            request.priority,
-            request.collapse_key,
-            expiration,
-            authorization,
-        )
+        key = (fields, self.auth_provider.get_header() if self.auth_provider else None)
         shared = self.shared_headers.get(key)
         if shared is None:
             if len(self.shared_headers) >= SHARED_HEADER_SETS:
@@ -169,17 +189,17 @@ class DispatchProtocol(APNsTLSClientProtocol):
         return shared
 
     def _build_shared_headers(self, key: HeaderKey) -> SharedHeaders:
-        topic, push_type, priority, collapse_key, expiration, authorization = key
+        (push_type, priority, collapse_id, expiration), authorization = key
         headers = [
             (b":method", b"POST"),
             (b":scheme", b"https"),
             (b"host", self.host),
-            (b"apns-topic", (topic or self.apns_topic).encode()),
+            (b"apns-topic", self.apns_topic.encode()),
         ]
         optional = {
-            b"apns-push-type": push_type.value if push_type else None,
+            b"apns-push-type": push_type,
             b"apns-priority": priority,
-            b"apns-collapse-id": collapse_key,
+            b"apns-collapse-id": collapse_id,
             b"apns-expiration": expiration,
             b"authorization": authorization,
         }
@@ -230,6 +250,8 @@ class DispatchProtocol(APNsTLSClientProtocol):
             self.flush()
         if self.answers and not self.reading_paused:
             self._pause_reading()
+        if not self.ready.done() and self.conn.peer_settings_received:
+            self.ready.set_result(None)
 
     def _pause_reading(self) -> None:
         """Answers read in batches: while sends wait for answers, reading stops for
@@ -251,19 +273,15 @@ class DispatchProtocol(APNsTLSClientProtocol):
     def _answered(self, answer: Answered) -> None:
         self.free_channels.release()
         waiting = self.answers.pop(answer.stream_id, None)
-        if waiting is None or waiting[0].done():
-            return  # given up on by its caller
-        future, notification_id = waiting
-        if answer.status == 200:
-            future.set_result(NotificationResult(notification_id, "200"))
-        else:
-            future.set_result(_error_result(notification_id, str(answer.status), answer.body))
+        if waiting is not None:
+            reason = None if answer.status == 200 else _reason(answer.body)
+            waiting.answered(answer.status, reason)
 
     def _ended(self, stream_id: int, error: Exception) -> None:
         self.free_channels.release()
         waiting = self.answers.pop(stream_id, None)
-        if waiting is not None and not waiting[0].done():
-            waiting[0].set_exception(error)
+        if waiting is not None:
+            waiting.failed(error)
 
     def _terminated(self, event: Terminated) -> None:
         """Closed at once, as aioapns 4.0 does (the sends still waiting end as
@@ -278,21 +296,26 @@ class DispatchProtocol(APNsTLSClientProtocol):
         self._write()  # our GOAWAY, if we sent one
         self.close()
 
+    def close(self) -> None:
+        self.free_channels.destroy()  # no push is sent on it any more
+        super().close()
+
     def connection_lost(self, exc: Exception | None) -> None:
-        """Every send still waiting ends (aioapns 4.0 failed cancelled ones too, and the first
+        """Every send still waiting fails with ConnectionClosed, after aioapns's pool has let
+        go of the connection (aioapns 4.0 failed cancelled ones too, and the first
         InvalidStateError left the rest waiting forever: Fatal1ty/aioapns#41, open)."""
         lost = ConnectionClosed(str(exc))
+        if not self.ready.done():
+            self.ready.set_exception(lost)
+            self.ready.exception()  # retrieved: nobody may be awaiting it
         waiting, self.answers = self.answers, {}
-        for future, _ in waiting.values():
-            if not future.done():
-                future.set_exception(lost)
         super().connection_lost(exc)
-
-
-def _body(request: NotificationRequest) -> bytes:
-    if isinstance(request, PushRequest):
-        return request.body
-    return json.dumps(request.message, ensure_ascii=False, separators=(",", ":")).encode()
+        if waiting:
+            log.warning(
+                "APNs connection %s lost, %d pushes unanswered: %s", self, len(waiting), exc
+            )
+        for each in waiting.values():
+            each.failed(lost)
 
 
 def _protocol_for(environment: str) -> type[APNsTLSClientProtocol]:
@@ -315,9 +338,21 @@ def _ssl_context() -> ssl.SSLContext:
 
 class DispatchPool(APNsKeyConnectionPool):
     """aioapns's key pool, with our protocol class and the process's shared provider token.
-    Create it on the running loop (aioapns binds the loop it finds)."""
+    Create it on the running loop (aioapns binds the loop it finds).
 
-    def __init__(self, environment: str, key: str, auth: SharedProviderToken) -> None:
+    A push takes a connection with a free stream (`free_connection`), else waits in the
+    sender's queue while `open_connection` opens one more, up to MAX_CONNECTIONS (aioapns's
+    `acquire` polled every 10 ms for a free stream, in a coroutine for every push). `freed`
+    is called when a connection is opened or let go of, `unreachable` when none could be."""
+
+    def __init__(
+        self,
+        environment: str,
+        key: str,
+        auth: SharedProviderToken,
+        freed: Callable[[], None],
+        unreachable: Callable[[DispatchPool], None],
+    ) -> None:
         super().__init__(
             key=key,
             key_id=settings.apns_key_id,
@@ -328,10 +363,16 @@ class DispatchPool(APNsKeyConnectionPool):
             use_sandbox=environment == "sandbox",
             ssl_context=_ssl_context(),
         )
+        self.environment = environment
         self.protocol_class = _protocol_for(environment)
         self.auth = auth
+        self.freed = freed
+        self.unreachable = unreachable
+        self.connections: list[DispatchProtocol]  # type: ignore[assignment]
+        self.opening: asyncio.Task[None] | None = None
+        self.retry_at = 0.0
 
-    async def create_connection(self) -> APNsBaseClientProtocol:
+    async def create_connection(self) -> DispatchProtocol:
         """aioapns 4.0 gives every connection its own provider token (so many processes trip
         TooManyProviderTokenUpdates) and no host or port to connect to: our protocol class and
         the shared token, through its private `_create_connection` (no upstream issue)."""
@@ -342,39 +383,55 @@ class DispatchPool(APNsKeyConnectionPool):
             self.discard_connection,  # type: ignore[arg-type]  # aioapns types it NoReturn
             self.auth,
         )
-        return await self._create_connection(factory)
+        connection = await self._create_connection(factory)
+        assert isinstance(connection, DispatchProtocol)
+        return connection
 
-    async def send_notification(self, request: NotificationRequest) -> NotificationResult:
-        """aioapns 4.0's, without its two debug log records and its `acquire` coroutine for
-        every push: a connection with a free stream is taken at once, and only when none has
-        one does aioapns's `acquire` (new connection, or waiting) run. The same attempts: a
-        closed connection is retried on another up to MAX_CONNECTION_ATTEMPTS times, a
-        connection out of stream ids is closed (h2's FlowControlError, which aioapns also
-        catches, cannot come from our PushConnection)."""
-        for _ in range(self.max_connection_attempts):
-            connection = next((c for c in self.connections if not c.is_busy), None)
-            if connection is None:
-                try:
-                    connection = await self.acquire()
-                except NoConnection:
-                    log.warning("APNs push %s: no connection", request.notification_id)
-                    await asyncio.sleep(1)
-                    continue
-            try:
-                return await connection.send_notification(request)
-            except NoAvailableStreamIDError:
-                connection.close()
-            except ConnectionClosed:
-                log.warning("APNs push %s: connection closed", request.notification_id)
-        log.error(
-            "APNs push %s: no answer after %d attempts",
-            request.notification_id,
-            self.max_connection_attempts,
-        )
-        raise MaxAttemptsExceeded
+    def free_connection(self) -> DispatchProtocol | None:
+        for connection in self.connections:
+            if not connection.is_busy:
+                return connection
+        return None
+
+    def open_connection(self, retry: bool) -> None:
+        """One more connection, if fewer than MAX_CONNECTIONS are open and none is opening
+        (for a `retry`, once the last failure is CONNECT_RETRY_S old)."""
+        if (
+            self.opening is None
+            and len(self.connections) < self.max_connections
+            and (not retry or self.loop.time() >= self.retry_at)
+        ):
+            self.opening = self.loop.create_task(self._open())
+
+    async def _open(self) -> None:
+        connection = None
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                connection = await self.create_connection()
+                await connection.ready
+        except (OSError, ConnectionClosed) as exc:  # refused, unreachable, TLS, timed out
+            log.warning("APNs (%s): no connection: %r", self.environment, exc)
+        except Exception:
+            log.exception("APNs (%s): no connection", self.environment)
+        else:
+            self.connections.append(connection)
+            self.opening = None
+            self.freed()
+            return
+        if connection is not None:
+            connection.close()
+        self.retry_at = self.loop.time() + CONNECT_RETRY_S
+        self.opening = None
+        self.unreachable(self)
+
+    def close(self) -> None:
+        if self.opening is not None:
+            self.opening.cancel()
+        super().close()
 
     def discard_connection(self, connection: APNsBaseClientProtocol) -> None:
         """A connection lost before the pool added it: aioapns 4.0 raises ValueError from
         `list.remove` inside `connection_lost` (Fatal1ty/aioapns#55, open)."""
         if connection in self.connections:
             super().discard_connection(connection)
+            self.loop.call_soon(self.freed)

@@ -129,6 +129,7 @@ class PushConnection:
         self.unacknowledged = 0  # DATA received on the connection since its last WINDOW_UPDATE
         self.header_block: tuple[int, int, bytearray] | None = None  # awaiting CONTINUATION
         self.terminated = False
+        self.peer_settings_received = False  # the server's preface: its first SETTINGS
 
     def initiate_connection(self) -> None:
         settings = _SETTING.pack(SETTINGS_HEADER_TABLE_SIZE, 0)
@@ -388,6 +389,7 @@ class PushConnection:
         for offset in range(0, len(payload), 6):
             setting, value = _SETTING.unpack_from(payload, offset)
             self._apply_setting(setting, value, events)
+        self.peer_settings_received = True
         self.outbound += frame(SETTINGS, ACK, 0)
         self._send_all_held()
 

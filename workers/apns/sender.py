@@ -11,13 +11,22 @@ import logging
 import os
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+from aioapns.connection import NoAvailableStreamIDError
+from aioapns.exceptions import ConnectionClosed
 
 from settings import settings
-from workers.apns.aioapns_pool import DispatchPool, PushRequest, StreamReset, encoded_payload
+from workers.apns.aioapns_pool import (
+    CONNECT_RETRY_S,
+    MAX_CONNECTION_ATTEMPTS,
+    DispatchPool,
+    PushFields,
+    encoded_payload,
+    push_fields,
+)
 from workers.apns.provider_token import SharedProviderToken
 from workers.apns.pushes import Push
 from workers.apns.results import EXPIRED_PROVIDER_TOKEN, Outcome, PushResult, classify
@@ -26,6 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 100  # aioapns is fastest with 50–200 in flight; more only makes it poll
 RESULT_GRACE_S = 5.0
+
+Answer = tuple[int | None, str | None]  # status and reason; no status: no answer came
+TIMED_OUT: Answer = (None, "timeout")
 
 
 def apns_enabled() -> bool:
@@ -46,18 +58,16 @@ def _apns_config() -> tuple[str | int, ...]:
 
 
 class Sender:
-    """The process's loop thread, its pools and the bound on pushes in flight."""
+    """The process's loop thread, its provider token, and the generic way to send: MAX_IN_FLIGHT
+    coroutines take the pushes in turn, each awaiting `_attempt` (for a transport whose send
+    is a coroutine, as bench/push_httpx.py's; the process's own is PoolSender)."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.config = _apns_config()
         self.key = Path(settings.apns_key_path).read_text()
         self.auth = SharedProviderToken(self.key)
-        self.pools: dict[str, DispatchPool] = {}
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.id_prefix = str(uuid.uuid4())[:24]
-        self.id_numbers = itertools.count()
-        self.last_body: tuple[Push, bytes] | None = None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="apns", daemon=True)
         self.thread.start()
@@ -66,22 +76,23 @@ class Sender:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
-    def pool(self, environment: str) -> DispatchPool:
-        if environment not in self.pools:
-            self.pools[environment] = DispatchPool(environment, self.key, self.auth)
-        return self.pools[environment]
+    async def _refreshed(self, deadline: float) -> bool:
+        """The provider token young enough to send with, by `deadline`."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await asyncio.to_thread(self.auth.refresh)
+        except TimeoutError:
+            return False
+        return True
 
     async def send_all(self, pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
         """Every push answered, or given up on, by `timeout_s` from now. MAX_IN_FLIGHT
         senders take the pushes in turn (not a task and a timer for each push); a push not
         answered by the deadline, sent or still waiting, is a timeout."""
         deadline = self.loop.time() + timeout_s
-        try:
-            async with asyncio.timeout_at(deadline):
-                await asyncio.to_thread(self.auth.refresh)
-        except TimeoutError:
+        if not await self._refreshed(deadline):
             return [_result(push, None, "timeout") for push in pushes]
-        answers: list[tuple[int | None, str | None]] = [(None, "timeout")] * len(pushes)
+        answers: list[Answer] = [TIMED_OUT] * len(pushes)
         queue = iter(enumerate(pushes))
         senders = [
             self._send_in_turn(queue, answers, deadline)
@@ -91,10 +102,7 @@ class Sender:
         return [_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
 
     async def _send_in_turn(
-        self,
-        queue: Iterator[tuple[int, Push]],
-        answers: list[tuple[int | None, str | None]],
-        deadline: float,
+        self, queue: Iterator[tuple[int, Push]], answers: list[Answer], deadline: float
     ) -> None:
         """Send the next push of `queue` until none is left or the deadline passes: one send
         each; after ExpiredProviderToken, one more with a freshly signed token."""
@@ -110,27 +118,8 @@ class Sender:
         except TimeoutError:
             pass  # the push in hand, and those never taken, keep their (None, "timeout")
 
-    def _request(self, push: Push) -> PushRequest:
-        """The push as aioapns sends it. Its `apns-id`: a canonical UUID unique to the push,
-        this sender's random prefix and a count (cheaper than aioapns's uuid4 for each). Its
-        body: encoded once for the pushes of a fan-out, which come in a row with the same
-        title, body and data."""
-        notification_id = f"{self.id_prefix}{next(self.id_numbers):012x}"
-        last = self.last_body
-        if last is None or not _same_payload(last[0], push):
-            last = self.last_body = (push, encoded_payload(push))
-        return PushRequest(push, last[1], notification_id)
-
-    async def _attempt(self, push: Push) -> tuple[int | None, str | None]:
-        try:
-            result = await self.pool(push.environment).send_notification(self._request(push))
-        except (ConnectionClosed, MaxAttemptsExceeded, StreamReset, OSError) as exc:
-            return None, f"connection: {type(exc).__name__}"
-        except Exception:
-            # Not a known failure: logged in full, and retried rather than losing the batch.
-            log.exception("APNs push to %s… failed unexpectedly", push.token[:8])
-            return None, "error"
-        return int(result.status), result.description
+    async def _attempt(self, push: Push) -> Answer:
+        raise NotImplementedError
 
     def close(self) -> None:
         """Close the connections and the loop (at process shutdown, or new settings)."""
@@ -140,6 +129,238 @@ class Sender:
         self.loop.close()
 
     async def _close_pools(self) -> None:
+        await self.loop.shutdown_default_executor()
+
+
+class _FanOut:
+    """The pushes of one `send_all`: their answers so far, how many are not answered yet, how
+    many are in flight, and the future its caller awaits."""
+
+    __slots__ = ("answers", "unanswered", "in_flight", "over", "done")
+
+    def __init__(self, count: int, done: asyncio.Future[None]) -> None:
+        self.answers: list[Answer] = [TIMED_OUT] * count
+        self.unanswered = count
+        self.in_flight = 0
+        self.over = False  # answered, or given up on at the deadline
+        self.done = done
+
+    def answer(self, index: int, status: int | None, reason: str | None) -> None:
+        self.answers[index] = (status, reason)
+        self.unanswered -= 1
+        if not self.unanswered and not self.done.done():
+            self.done.set_result(None)
+
+
+class _Send:
+    """A push on its way: in its environment's queue, or on a stream waiting for its answer
+    (it is the `Waiting` its connection tells)."""
+
+    __slots__ = ("sender", "fan_out", "index", "push", "payload", "attempts", "re_signed")
+
+    def __init__(
+        self,
+        sender: PoolSender,
+        fan_out: _FanOut,
+        index: int,
+        push: Push,
+        payload: tuple[bytes, PushFields],
+    ) -> None:
+        self.sender = sender
+        self.fan_out = fan_out
+        self.index = index
+        self.push = push
+        self.payload = payload
+        self.attempts = 0  # connections it was lost on, or found none
+        self.re_signed = False
+
+    def answered(self, status: int, reason: str | None) -> None:
+        self.sender.answered(self, status, reason)
+
+    def failed(self, error: Exception) -> None:
+        self.sender.failed(self, error)
+
+
+class PoolSender(Sender):
+    """The process's sender, on aioapns's pools (one per APNs environment), driven by
+    callbacks: the pushes of every fan-out wait in their environment's queue, and whenever a
+    stream is free (a connection opened, an answer came) and fewer than MAX_IN_FLIGHT are in
+    flight, the next is framed and written at once (`_pump`). No coroutine, future or
+    semaphore for each push: one future for each fan-out, done when all its pushes are
+    answered or failed.
+
+    The same rules as every push awaiting aioapns's pool: a push is tried on up to
+    MAX_CONNECTION_ATTEMPTS connections (one lost under it, or none to be had, is an attempt;
+    the next waits CONNECT_RETRY_S after a failure to connect); after ExpiredProviderToken it
+    is sent once more with a freshly signed token; a push not answered by its fan-out's
+    deadline is a timeout, and its slot in flight is free at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pools: dict[str, DispatchPool] = {}
+        self.queues: dict[str, deque[_Send]] = {}
+        self.sending = 0  # pushes in flight, of fan-outs not over
+        self.re_signing: list[_Send] = []
+        self.re_sign: asyncio.Task[None] | None = None
+        self.id_prefix = str(uuid.uuid4())[:24]
+        self.id_numbers = itertools.count()
+        self.last_payload: tuple[tuple[object, ...], tuple[bytes, PushFields]] | None = None
+
+    def pool(self, environment: str) -> DispatchPool:
+        if environment not in self.pools:
+            self.pools[environment] = DispatchPool(
+                environment, self.key, self.auth, self._pump, self._unreachable
+            )
+            self.queues[environment] = deque()
+        return self.pools[environment]
+
+    async def send_all(self, pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
+        """Every push answered, or given up on, by `timeout_s` from now; a push not answered
+        by the deadline, sent or still queued, is a timeout."""
+        deadline = self.loop.time() + timeout_s
+        if not await self._refreshed(deadline):
+            return [_result(push, None, "timeout") for push in pushes]
+        fan_out = _FanOut(len(pushes), self.loop.create_future())
+        for index, push in enumerate(pushes):
+            self.pool(push.environment)
+            send = _Send(self, fan_out, index, push, self._payload(push))
+            self.queues[push.environment].append(send)
+        self._pump()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await fan_out.done
+        except TimeoutError:
+            pass  # what is unanswered keeps its (None, "timeout")
+        finally:
+            self._give_up(fan_out)
+        answers = fan_out.answers
+        return [_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
+
+    def _payload(self, push: Push) -> tuple[bytes, PushFields]:
+        """The push's body and shared headers: encoded once for the pushes of a fan-out, which
+        come in a row with the same title, body, data and headers."""
+        key: tuple[object, ...] = (push.title, push.body, push.data, push.push_type)
+        key += (push.priority, push.collapse_id, push.expiration)
+        last = self.last_payload
+        if last is None or last[0] != key:
+            last = self.last_payload = (key, (encoded_payload(push), push_fields(push)))
+        return last[1]
+
+    def _apns_id(self) -> bytes:
+        """A canonical UUID unique to the push: this sender's random prefix and a count
+        (cheaper than a uuid4 for each)."""
+        return f"{self.id_prefix}{next(self.id_numbers):012x}".encode()
+
+    def _pump(self) -> None:
+        """The queued pushes onto free streams while fewer than MAX_IN_FLIGHT are in flight;
+        with no free stream, one more connection is opened (when it is, this runs again)."""
+        for environment, queue in self.queues.items():
+            if queue and self.sending < MAX_IN_FLIGHT:
+                self._pump_queue(self.pools[environment], queue)
+
+    def _pump_queue(self, pool: DispatchPool, queue: deque[_Send]) -> None:
+        connection = None
+        while queue and self.sending < MAX_IN_FLIGHT:
+            send = queue.popleft()
+            fan_out = send.fan_out
+            if fan_out.over:
+                continue
+            if connection is None or connection.is_busy:
+                connection = pool.free_connection()
+                if connection is None:
+                    queue.appendleft(send)
+                    pool.open_connection(retry=send.attempts > 0)
+                    return
+            try:
+                connection.send_push(send, send.push.token, self._apns_id(), *send.payload)
+            except NoAvailableStreamIDError:
+                connection.close()
+                self._retry(send, queue)
+                continue
+            except ConnectionClosed:
+                self._retry(send, queue)
+                continue
+            except Exception:
+                # Not a known failure: logged in full, and retried rather than losing the batch.
+                log.exception("APNs push to %s… failed unexpectedly", send.push.token[:8])
+                fan_out.answer(send.index, None, "error")
+                continue
+            self.sending += 1
+            fan_out.in_flight += 1
+
+    def _retry(self, send: _Send, queue: deque[_Send]) -> None:
+        """Back to the head of its queue for another connection, or MaxAttemptsExceeded."""
+        send.attempts += 1
+        if send.attempts < MAX_CONNECTION_ATTEMPTS:
+            queue.appendleft(send)
+            return
+        token, attempts = send.push.token[:8], MAX_CONNECTION_ATTEMPTS
+        log.error("APNs push to %s…: no answer after %d attempts", token, attempts)
+        send.fan_out.answer(send.index, None, "connection: MaxAttemptsExceeded")
+
+    def answered(self, send: _Send, status: int, reason: str | None) -> None:
+        fan_out = send.fan_out
+        if not fan_out.over:
+            self.sending -= 1
+            fan_out.in_flight -= 1
+            if status == 403 and reason == "ExpiredProviderToken" and not send.re_signed:
+                self._re_sign(send)
+            else:
+                fan_out.answer(send.index, status, reason)
+        self._pump()
+
+    def failed(self, send: _Send, error: Exception) -> None:
+        fan_out = send.fan_out
+        if not fan_out.over:
+            self.sending -= 1
+            fan_out.in_flight -= 1
+            if isinstance(error, ConnectionClosed):
+                self._retry(send, self.queues[send.push.environment])
+            else:
+                fan_out.answer(send.index, None, f"connection: {type(error).__name__}")
+        self._pump()
+
+    def _unreachable(self, pool: DispatchPool) -> None:
+        """No connection could be opened: an attempt for each push waiting for one; the next
+        after CONNECT_RETRY_S."""
+        queue = self.queues[pool.environment]
+        waiting = [send for send in queue if not send.fan_out.over]
+        queue.clear()
+        for send in waiting:
+            self._retry(send, queue)
+        queue.reverse()  # `_retry` put each back at the head
+        self.loop.call_later(CONNECT_RETRY_S, self._pump)
+
+    def _re_sign(self, send: _Send) -> None:
+        """Sent again once the provider token is re-signed (one thread for all that wait)."""
+        send.re_signed = True
+        self.re_signing.append(send)
+        if self.re_sign is None:
+            self.re_sign = self.loop.create_task(self._re_signed())
+
+    async def _re_signed(self) -> None:
+        try:
+            await asyncio.to_thread(self.auth.refresh, True)
+        except Exception:
+            log.exception("APNs provider token not re-signed; the pushes go with the old one")
+        finally:
+            sends, self.re_signing, self.re_sign = self.re_signing, [], None
+            for send in reversed(sends):
+                self.queues[send.push.environment].appendleft(send)
+            self._pump()
+
+    def _give_up(self, fan_out: _FanOut) -> None:
+        """A fan-out answered or past its deadline: its pushes still in flight free their
+        slots, and those still queued are skipped."""
+        if fan_out.over:
+            return
+        fan_out.over = True
+        if fan_out.in_flight:
+            self.sending -= fan_out.in_flight
+            fan_out.in_flight = 0
+            self._pump()
+
+    async def _close_pools(self) -> None:
         for pool in self.pools.values():
             pool.close()
         give_up_at = self.loop.time() + 5
@@ -147,11 +368,7 @@ class Sender:
             if self.loop.time() > give_up_at:
                 break
             await asyncio.sleep(0.01)  # let each connection_lost run
-        await self.loop.shutdown_default_executor()
-
-
-def _same_payload(sent: Push, push: Push) -> bool:
-    return (sent.title, sent.body, sent.data) == (push.title, push.body, push.data)
+        await super()._close_pools()
 
 
 def _result(push: Push, status: int | None, reason: str | None) -> PushResult:
@@ -163,12 +380,12 @@ def _result(push: Push, status: int | None, reason: str | None) -> PushResult:
     return PushResult(push, outcome, status, reason)
 
 
-_sender: Sender | None = None
+_sender: PoolSender | None = None
 _sender_lock = threading.Lock()
 _inherited: list[Sender] = []  # a parent's sender seen after fork: never used, never closed
 
 
-def current_sender() -> Sender:
+def current_sender() -> PoolSender:
     global _sender
     with _sender_lock:
         if _sender is not None and _sender.pid != os.getpid():
@@ -178,7 +395,7 @@ def current_sender() -> Sender:
             _sender.close()
             _sender = None
         if _sender is None:
-            _sender = Sender()
+            _sender = PoolSender()
         return _sender
 
 
