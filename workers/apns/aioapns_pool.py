@@ -258,16 +258,22 @@ class DispatchProtocol(APNsTLSClientProtocol):
         READ_PAUSE_S after each read, so the next read takes the answers that came meanwhile
         at once, and the pushes they let through leave in one write. APNs answers each push
         on its own (a TLS record each): read as they come, every answer cost a wake-up of the
-        loop, a decryption and a write of its own, the sender's largest cost per push."""
+        loop, a decryption and a write of its own, the sender's largest cost per push.
+
+        The socket too: asyncio's TLS transport, paused, still reads every record that
+        arrives into its buffer (a wake-up of the loop and a read each); a read buffer limit
+        of one byte stops it after the first, until the pause ends."""
         if self.transport is None or self.transport.is_closing():
             return
         self.reading_paused = True
         self.transport.pause_reading()
+        self.transport.set_read_buffer_limits(high=1)  # type: ignore[attr-defined]
         self.loop.call_later(READ_PAUSE_S, self._resume_reading)
 
     def _resume_reading(self) -> None:
         self.reading_paused = False
         if self.transport is not None and not self.transport.is_closing():
+            self.transport.set_read_buffer_limits()  # type: ignore[attr-defined]
             self.transport.resume_reading()
 
     def _answered(self, answer: Answered) -> None:
