@@ -19,15 +19,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
+from sqlalchemy import select
 
 from bench.data import add_users, bearer, summary_ms, token_for
 from bench.feeds import FeedProcesses
-from models.db import redis_connection
+from models.db import redis_connection, session_scope
+from models.job_events import EventType, JobEvent
 from models.rooms import driver_room
 from models.tracking import record_position
-from tests.processes import Process, start_gateway, start_web, start_workers
+from tests.processes import Process, start_gateway, start_web, start_workers, wait_until
 from workers.celery_app import app as celery_app
 from workers.events import emit
 
@@ -77,32 +80,90 @@ def _emit_floor(driver: int) -> list[float]:
     return sent
 
 
+class TaskEvents:
+    """The workers' task events (Celery's, as Flower reads them) while the block runs:
+    each task's received, started and succeeded times and its args, by task id."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, dict[str, float]] = {}
+        self.args: dict[str, str] = {}
+        self._receiver: Any = None
+
+    def _record(self, event: dict[str, Any]) -> None:
+        kind = event["type"].removeprefix("task-")
+        self.times.setdefault(event["uuid"], {})[kind] = event["timestamp"]
+        if kind == "received":
+            self.args[event["uuid"]] = event.get("args", "")
+
+    def __enter__(self) -> TaskEvents:
+        handlers = {f"task-{k}": self._record for k in ("received", "started", "succeeded")}
+        conn = celery_app.connection_for_read()
+        self._conn = conn
+        self._receiver = celery_app.events.Receiver(conn, handlers=handlers)
+        self._listener = threading.Thread(
+            target=lambda: self._receiver.capture(limit=None, timeout=None, wakeup=True),
+            daemon=True,
+        )
+        self._listener.start()
+        time.sleep(1.0)  # the receiver's queue bound before the first task
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        time.sleep(1.0)  # the last events on their way
+        self._receiver.should_stop = True
+        self._listener.join(5)
+        self._conn.release()
+
+    def since_sent(self, sent: dict[str, float], kind: str) -> list[float]:
+        return [self.times[k][kind] - t for k, t in sent.items() if kind in self.times.get(k, {})]
+
+
 def _enqueue_floor(samples: int = 50) -> float:
     """Enqueue-to-start of a trivial task, read from the worker's task-started events."""
-    started: dict[str, float] = {}
-    done = threading.Event()
-
-    def on_started(event: dict) -> None:
-        started[event["uuid"]] = event["timestamp"]
-        if len(started) >= samples:
-            done.set()
-
     sent: dict[str, float] = {}
-    with celery_app.connection_for_read() as conn:
-        receiver = celery_app.events.Receiver(conn, handlers={"task-started": on_started})
-        listener = threading.Thread(
-            target=lambda: receiver.capture(limit=None, timeout=60, wakeup=True), daemon=True
-        )
-        listener.start()
-        time.sleep(1.0)
+    with TaskEvents() as events:
         for _ in range(samples):
             sent_at = time.time()
             result = celery_app.send_task("workers.tasks.notify_status", args=(0,))  # no event 0
             sent[result.id] = sent_at
             time.sleep(0.05)
-        done.wait(30)
-        receiver.should_stop = True
-    return statistics.median(started[k] - sent[k] for k in sent if k in started)
+        wait_until(
+            lambda: len(events.since_sent(sent, "started")) == samples, 30, "the tasks to start"
+        )
+    return statistics.median(events.since_sent(sent, "started"))
+
+
+def _stages(
+    events: TaskEvents, sent: dict[int, tuple[float, int]], arrivals: dict[tuple[int, int], float]
+) -> dict[str, float]:
+    """Where a job's time to its offers goes (medians, ms): from its POST to the worker
+    receiving its notify_nearby, to the task starting in a pool process, the task's run,
+    and from its start to each `job:new` arriving."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(JobEvent.id, JobEvent.job_id).where(JobEvent.type == EventType.created)
+        )
+        job_of_event = {row.id: row.job_id for row in rows}
+    by_job: dict[int, dict[str, float]] = {}
+    for task_id, args in events.args.items():
+        event_id = int(args.strip("(),") or 0)
+        if event_id in job_of_event:
+            by_job[job_of_event[event_id]] = events.times[task_id]
+    parts: dict[str, list[float]] = {
+        "post_to_received": [], "received_to_started": [], "task_run": [],
+        "started_to_job_new": [],
+    }  # fmt: skip
+    for job_id, times in by_job.items():
+        if job_id not in sent or not {"received", "started", "succeeded"} <= times.keys():
+            continue
+        posted = sent[job_id][0]
+        parts["post_to_received"].append(times["received"] - posted)
+        parts["received_to_started"].append(times["started"] - times["received"])
+        parts["task_run"].append(times["succeeded"] - times["started"])
+        parts["started_to_job_new"] += [
+            at - times["started"] for (job, _), at in arrivals.items() if job == job_id
+        ]
+    return {k: round(statistics.median(v) * 1000, 2) for k, v in parts.items() if v}
 
 
 def _post_jobs(base: str, customer: int) -> dict[int, tuple[float, int]]:
@@ -154,8 +215,9 @@ def main() -> None:
         http_floor = _http_floor(base)
         ping_sent = _emit_floor(drivers[0])
         enqueue_floor = _enqueue_floor()
-        sent = _post_jobs(base, customer)
-        time.sleep(5)  # let the last offers arrive
+        with TaskEvents() as task_events:
+            sent = _post_jobs(base, customer)
+            time.sleep(5)  # let the last offers arrive
         received = feeds.stop()
     finally:
         if feeds is not None:
@@ -182,6 +244,7 @@ def main() -> None:
     floor = http_floor + emit_floor + enqueue_floor
     result["floor_p50_ms"] = round(floor * 1000, 2)
     result["ratio_p50"] = round(result["p50_ms"] / result["floor_p50_ms"], 2)
+    result["stages_p50_ms"] = _stages(task_events, sent, arrivals)
     result["floor_parts_ms"] = {
         "http": round(http_floor * 1000, 2),
         "emit": round(emit_floor * 1000, 2),

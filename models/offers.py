@@ -3,10 +3,12 @@ pending job."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
+from typing import Any, NamedTuple
 
 import redis
 from sqlalchemy import (
@@ -102,32 +104,40 @@ _OFFER_ROUND_SQL = text(
     SET round = excluded.round, distance_km = excluded.distance_km,
         offered_at = excluded.offered_at, notified_at = NULL
     WHERE offers.round < excluded.round AND offers.closed_at IS NULL
-    RETURNING driver_id
+    RETURNING id, driver_id, distance_km
     """
 )
 
 
-def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[int]:
+class MadeOffer(NamedTuple):
+    """An offer as its round's upsert left it: what its `job:new` carries."""
+
+    id: int
+    driver_id: int
+    distance_km: float
+    offered_at: datetime
+
+
+def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[MadeOffer]:
     """Offer the job's current round to the candidates: a new row for a driver never
     offered it, the row moved to this round for one offered in an earlier round, nothing
     for one offered in this round already (a retried task) or whose offer is closed
-    (declined, released). Returns the drivers offered it now."""
+    (declined, released). Returns the offers made now, nearest first."""
     if not candidates:
         return []
     now = utcnow()
     if session.get_bind().dialect.name == "postgresql":
-        return list(
-            session.scalars(
-                _OFFER_ROUND_SQL,
-                {
-                    "job_id": job.id,
-                    "offered_at": now,
-                    "round": job.offer_round,
-                    "driver_ids": [c.driver_id for c in candidates],
-                    "distances": [c.distance_km for c in candidates],
-                },
-            )
+        rows = session.execute(
+            _OFFER_ROUND_SQL,
+            {
+                "job_id": job.id,
+                "offered_at": now,
+                "round": job.offer_round,
+                "driver_ids": [c.driver_id for c in candidates],
+                "distances": [c.distance_km for c in candidates],
+            },
         )
+        return _nearest_first(rows, now)
     insert = sqlite.insert(Offer).values(
         [
             {
@@ -150,7 +160,13 @@ def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -
         },
         where=(Offer.round < insert.excluded.round) & Offer.closed_at.is_(None),
     )
-    return list(session.scalars(stmt.returning(Offer.driver_id)))
+    rows = session.execute(stmt.returning(Offer.id, Offer.driver_id, Offer.distance_km))
+    return _nearest_first(rows, now)
+
+
+def _nearest_first(rows: Iterable[Any], offered_at: datetime) -> list[MadeOffer]:
+    made = [MadeOffer(row.id, row.driver_id, row.distance_km, offered_at) for row in rows]
+    return sorted(made, key=lambda offer: (offer.distance_km, offer.driver_id))
 
 
 def round_driver_ids(session: Session, job_id: int, round_: int) -> list[int]:
@@ -188,25 +204,34 @@ def driver_feed(session: Session, driver: User) -> list[Offer]:
     )
 
 
-def offer_round(session: Session, r: redis.Redis, job: Job) -> JobEvent | None:
-    """Offer a pending job's current round to every eligible driver not offered it yet.
-    Returns the `offered` event naming them, or None if nobody new was offered it.
+@dataclass(frozen=True)
+class OfferedRound:
+    """A round's offers as they were made, and the `offered` event that names them."""
+
+    event: JobEvent
+    offers: list[MadeOffer]  # nearest first
+
+
+def offer_round(session: Session, r: redis.Redis, job: Job) -> OfferedRound | None:
+    """Offer a pending job's current round to every eligible driver not offered it yet,
+    recording the `offered` event naming them; None if nobody new was offered it.
     The caller holds the job row under a share lock, so no step changes it meanwhile."""
     if job.status != JobStatus.pending or job.expires_at <= utcnow():
         return None
-    drivers = record_offers(session, job, eligible_drivers(r, job.pickup_lat, job.pickup_lng))
-    if not drivers:
+    offers = record_offers(session, job, eligible_drivers(r, job.pickup_lat, job.pickup_lng))
+    if not offers:
         return None
-    return record_event(
+    event = record_event(
         session,
         job.id,
         EventType.offered,
         None,
         utcnow(),
         round=job.offer_round,
-        count=len(drivers),
-        drivers=sorted(drivers),
+        count=len(offers),
+        drivers=sorted(offer.driver_id for offer in offers),
     )
+    return OfferedRound(event, offers)
 
 
 def unnotified_offers(session: Session, job: Job, driver_ids: Sequence[int]) -> list[Offer]:

@@ -4,8 +4,9 @@ the realtime gateway: one definition, so every channel sends the same JSON."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import redis
 from pydantic import (
@@ -175,6 +176,16 @@ def job_views(r: redis.Redis, jobs: list[Job]) -> list[JobView]:
     return [JobView.of(job, positions.get(job.id)) for job in jobs]
 
 
+class OfferFields(Protocol):
+    """What an offer's `job:new` takes from it: a stored Offer or one its round just made."""
+
+    @property
+    def distance_km(self) -> float: ...
+
+    @property
+    def offered_at(self) -> datetime: ...
+
+
 class OfferView(BaseModel):
     job: JobView
     distance_km: float
@@ -189,6 +200,15 @@ class OfferView(BaseModel):
             distance_km=round(offer.distance_km, 3),
             offered_at=offer.offered_at,
         )
+
+    @staticmethod
+    def payloads(job: dict[str, Any], offers: Sequence[OfferFields]) -> list[dict[str, Any]]:
+        """`as_json(OfferView.of(offer, view))` of each offer of one fan-out, `job` being
+        `as_json(view)`, dumped once for all of them instead of once an offer."""
+        return [
+            {"job": job, "distance_km": round(o.distance_km, 3), "offered_at": utc_z(o.offered_at)}
+            for o in offers
+        ]
 
 
 class ActorView(BaseModel):

@@ -109,7 +109,7 @@ class Factory:
             job = session.get(Job, job_id)
             assert job is not None
             offered = offer_round(session, redis_connection(), job)
-            return offered.data["drivers"] if offered is not None else []
+            return offered.event.data["drivers"] if offered is not None else []
 
 
 @dataclass

@@ -5,10 +5,12 @@ each change of a driver's standing and reconciled by the relay."""
 import time
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope
+from models.jobs import Job
+from models.offers import Offer, offer_round
 from models.positions import (
     dispatchable_key,
     drivers_near,
@@ -18,6 +20,7 @@ from models.positions import (
     set_standing,
     standing_lost,
 )
+from models.schemas import JobView, OfferView, as_json
 from models.tracking import last_positions, record_position
 from settings import settings
 from tests.factories import ORIGIN, Factory, north_of
@@ -156,3 +159,30 @@ def test_the_relay_rebuilds_an_index_redis_lost(factory: Factory) -> None:
     assert _eligible() == [(near.id, 1.0), (far.id, 4.0)]
     assert not standing_lost(r)
     assert reconcile_index(force=True) == []
+
+
+def test_a_round_s_offers_are_sent_as_stored_nearest_first(factory: Factory) -> None:
+    """The `job:new` payloads built from what the round's upsert returned are the ones the
+    stored offers give (the REST feed's OfferView), nearest first."""
+    customer = factory.customer()
+    drivers = [factory.driver(at=north_of(ORIGIN, km)) for km in (7, 2, 12)]
+    job_id = factory.job(customer, at=ORIGIN)["id"]
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        offered = offer_round(session, redis_connection(), job)
+        assert offered is not None
+        made = offered.offers
+        view = JobView.of(job)
+        payloads = OfferView.payloads(as_json(view), made)
+    assert [offer.driver_id for offer in made] == [drivers[1].id, drivers[0].id, drivers[2].id]
+    assert offered.event.data["drivers"] == sorted(d.id for d in drivers)
+    with session_scope() as session:
+        stored = {offer.id: offer for offer in session.scalars(select(Offer))}
+        assert [stored[offer.id].driver_id for offer in made] == [o.driver_id for o in made]
+        assert payloads == [as_json(OfferView.of(stored[offer.id], view)) for offer in made]
+    assert payloads[0]["distance_km"] == pytest.approx(2.0, abs=0.01)
+    with session_scope() as session:  # a second run of the round offers nobody again
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert offer_round(session, redis_connection(), job) is None

@@ -10,6 +10,7 @@ at once from the `dispatch` queue's worker; pushes are handed to the `push` queu
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -28,7 +29,14 @@ from models.job_events import (
     mark_announced,
 )
 from models.jobs import Job, JobStatus
-from models.offers import mark_notified, offer_round, round_driver_ids, unnotified_offers
+from models.offers import (
+    MadeOffer,
+    Offer,
+    mark_notified,
+    offer_round,
+    round_driver_ids,
+    unnotified_offers,
+)
 from models.rooms import OPERATORS_ROOM, customer_room, driver_room
 from models.schemas import JobView, OfferView, as_json, job_views, utc_z
 from models.tracking import sync_tracking
@@ -110,21 +118,28 @@ class OfferNotice:
     first_round: bool
 
 
-def _offer_notice(session: Session, job: Job, offered: JobEvent) -> OfferNotice:
-    """`job:new` for each driver the `offered` event names who has not had it yet (all of
-    them, unless a worker died half-way); none once the job left that round."""
-    live = job.status == JobStatus.pending and job.offer_round == offered.data["round"]
-    offers = unnotified_offers(session, job, offered.data["drivers"]) if live else []
-    view = JobView.of(job)
+def _offer_notice(job: Job, offered: JobEvent, offers: Sequence[MadeOffer | Offer]) -> OfferNotice:
+    """`job:new` for each of the `offered` event's offers not sent yet, nearest first."""
+    view = as_json(JobView.of(job))
     return OfferNotice(
         offered.id,
         job.id,
         [offer.id for offer in offers],
-        [("job:new", as_json(OfferView.of(o, view)), driver_room(o.driver_id)) for o in offers],
-        as_json(view),
+        [
+            ("job:new", payload, driver_room(offer.driver_id))
+            for offer, payload in zip(offers, OfferView.payloads(view, offers), strict=True)
+        ],
+        view,
         job.created_at,
         offered.data["round"] == 1,
     )
+
+
+def _unsent_offers(session: Session, job: Job, offered: JobEvent) -> list[Offer]:
+    """The offers an `offered` event names that have not had their `job:new` (all of them,
+    unless a worker died half-way); none once the job left that round."""
+    live = job.status == JobStatus.pending and job.offer_round == offered.data["round"]
+    return unnotified_offers(session, job, offered.data["drivers"]) if live else []
 
 
 def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
@@ -145,19 +160,19 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
         if event.announced_at is not None:
             return None, False
         if event.type == EventType.offered:
-            return _offer_notice(session, job, event), False
+            return _offer_notice(job, event, _unsent_offers(session, job, event)), False
         hold_announcements(session, event.job_id)
         if event.type == EventType.released:
             _announce_status(session, r, job, event)
         offered = None
         if job.offer_round == event.data.get("round", 1):
             offered = offer_round(session, r, job)
-            OFFERS_PER_ROUND.observe(offered.data["count"] if offered is not None else 0)
+            OFFERS_PER_ROUND.observe(len(offered.offers) if offered is not None else 0)
         if offered is None:
             _tell_operators(JobView.of(job))  # else deliver_offers does, once they commit
         push_within = _push_within(event)
         _mark_announced(session, event, job, push_within)
-        notice = _offer_notice(session, job, offered) if offered is not None else None
+        notice = _offer_notice(job, offered.event, offered.offers) if offered else None
         return notice, push_within is not None
 
 
