@@ -41,7 +41,7 @@ from settings import PROJECT_ROOT, settings
 from tests.processes import wait_until
 from workers import apns
 from workers.apns import Outcome, Push, PushResult, classify, provider_token, send_pushes
-from workers.apns.aioapns_pool import AIOAPNS_VERSION, MAX_CONNECTIONS
+from workers.apns.aioapns_pool import AIOAPNS_VERSION, MAX_CONNECTIONS, READ_PAUSE_S
 from workers.apns.push_connection import (
     Answered,
     ConcurrencyLimit,
@@ -258,6 +258,19 @@ def test_fan_out_is_multiplexed_on_one_connection(fake_apns: FakeAPNs) -> None:
     assert len({p.connection for p in fake_apns.received()}) == 1
     assert len({p.headers["apns-id"] for p in fake_apns.received()}) == 501
     assert fake_apns.connections == connections_before
+
+
+def test_after_a_fan_out_the_connection_reads_the_socket_again(fake_apns: FakeAPNs) -> None:
+    """While answers wait to be read in a batch, the socket is not read either (a read buffer
+    limit of one byte); the pause must not outlive the fan-out."""
+    results = send_pushes([offer_push(n) for n in range(300)])
+    assert {r.outcome for r in results} == {Outcome.delivered}
+    time.sleep(READ_PAUSE_S * 3)
+    [connection] = current_sender().pools["production"].connections
+    assert connection.transport is not None
+    assert connection.transport.get_read_buffer_limits()[1] > 1  # type: ignore[attr-defined]
+    [result] = send_pushes([offer_push(300)], timeout_s=3)
+    assert result.outcome is Outcome.delivered
 
 
 def test_server_down_is_a_retry_within_the_timeout(fake_apns: FakeAPNs) -> None:
