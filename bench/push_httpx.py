@@ -1,20 +1,24 @@
 """A thin APNs sender on a public API, measured against workers.apns in bench/push.py:
 httpx with HTTP/2, one long-lived connection per APNs environment, the process's shared
 provider token, and workers.apns's Push/PushResult, classification, in-flight bound, deadline
-and ExpiredProviderToken re-sign (it is workers.apns.sender.Sender with only the transport
-swapped). Measured and rejected: kept here only to re-measure."""
+and ExpiredProviderToken re-sign, sending as workers.apns did before its callback-driven
+queue: MAX_IN_FLIGHT coroutines take the pushes in turn, each awaiting its answer. Measured
+and rejected: kept here only to re-measure."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import uuid
+from collections.abc import Iterator, Sequence
 
 import httpx
 
 from settings import settings
 from workers.apns.pushes import APPLE_HOSTS, Push
-from workers.apns.sender import Sender
+from workers.apns.results import EXPIRED_PROVIDER_TOKEN, PushResult
+from workers.apns.sender import MAX_IN_FLIGHT, TIMED_OUT, Answer, Sender, push_result
 
 
 def _ssl_context() -> ssl.SSLContext:
@@ -30,6 +34,40 @@ class HttpxSender(Sender):
     def __init__(self) -> None:
         super().__init__()
         self.clients: dict[str, httpx.AsyncClient] = {}
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def send_all(self, pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
+        """Every push answered, or given up on, by `timeout_s` from now. MAX_IN_FLIGHT
+        senders take the pushes in turn; a push not answered by the deadline, sent or still
+        waiting, is a timeout."""
+        deadline = self.loop.time() + timeout_s
+        if not await self._refreshed(deadline):
+            return [push_result(push, None, "timeout") for push in pushes]
+        answers: list[Answer] = [TIMED_OUT] * len(pushes)
+        queue = iter(enumerate(pushes))
+        senders = [
+            self._send_in_turn(queue, answers, deadline)
+            for _ in range(min(MAX_IN_FLIGHT, len(pushes)))
+        ]
+        await asyncio.gather(*senders)
+        return [push_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
+
+    async def _send_in_turn(
+        self, queue: Iterator[tuple[int, Push]], answers: list[Answer], deadline: float
+    ) -> None:
+        """Send the next push of `queue` until none is left or the deadline passes: one send
+        each; after ExpiredProviderToken, one more with a freshly signed token."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                for index, push in queue:
+                    async with self.in_flight:
+                        answer = await self._attempt(push)
+                        if answer == EXPIRED_PROVIDER_TOKEN:
+                            await asyncio.to_thread(self.auth.refresh, True)
+                            answer = await self._attempt(push)
+                        answers[index] = answer
+        except TimeoutError:
+            pass  # the push in hand, and those never taken, keep their (None, "timeout")
 
     def client(self, environment: str) -> httpx.AsyncClient:
         if environment not in self.clients:
@@ -44,7 +82,7 @@ class HttpxSender(Sender):
             )
         return self.clients[environment]
 
-    async def _attempt(self, push: Push) -> tuple[int | None, str | None]:
+    async def _attempt(self, push: Push) -> Answer:
         body = json.dumps(push.payload(), ensure_ascii=False, separators=(",", ":")).encode()
         try:
             answer = await self.client(push.environment).post(

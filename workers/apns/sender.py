@@ -12,7 +12,7 @@ import os
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from aioapns.connection import NoAvailableStreamIDError
@@ -58,16 +58,14 @@ def _apns_config() -> tuple[str | int, ...]:
 
 
 class Sender:
-    """The process's loop thread, its provider token, and the generic way to send: MAX_IN_FLIGHT
-    coroutines take the pushes in turn, each awaiting `_attempt` (for a transport whose send
-    is a coroutine, as bench/push_httpx.py's; the process's own is PoolSender)."""
+    """The process's loop thread and its provider token, under whichever way of sending
+    (PoolSender, the process's own; bench/push_httpx.py's, to measure against)."""
 
     def __init__(self) -> None:
         self.pid = os.getpid()
         self.config = _apns_config()
         self.key = Path(settings.apns_key_path).read_text()
         self.auth = SharedProviderToken(self.key)
-        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="apns", daemon=True)
         self.thread.start()
@@ -84,42 +82,6 @@ class Sender:
         except TimeoutError:
             return False
         return True
-
-    async def send_all(self, pushes: Sequence[Push], timeout_s: float) -> list[PushResult]:
-        """Every push answered, or given up on, by `timeout_s` from now. MAX_IN_FLIGHT
-        senders take the pushes in turn (not a task and a timer for each push); a push not
-        answered by the deadline, sent or still waiting, is a timeout."""
-        deadline = self.loop.time() + timeout_s
-        if not await self._refreshed(deadline):
-            return [_result(push, None, "timeout") for push in pushes]
-        answers: list[Answer] = [TIMED_OUT] * len(pushes)
-        queue = iter(enumerate(pushes))
-        senders = [
-            self._send_in_turn(queue, answers, deadline)
-            for _ in range(min(MAX_IN_FLIGHT, len(pushes)))
-        ]
-        await asyncio.gather(*senders)
-        return [_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
-
-    async def _send_in_turn(
-        self, queue: Iterator[tuple[int, Push]], answers: list[Answer], deadline: float
-    ) -> None:
-        """Send the next push of `queue` until none is left or the deadline passes: one send
-        each; after ExpiredProviderToken, one more with a freshly signed token."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                for index, push in queue:
-                    async with self.in_flight:
-                        answer = await self._attempt(push)
-                        if answer == EXPIRED_PROVIDER_TOKEN:
-                            await asyncio.to_thread(self.auth.refresh, True)
-                            answer = await self._attempt(push)
-                        answers[index] = answer
-        except TimeoutError:
-            pass  # the push in hand, and those never taken, keep their (None, "timeout")
-
-    async def _attempt(self, push: Push) -> Answer:
-        raise NotImplementedError
 
     def close(self) -> None:
         """Close the connections and the loop (at process shutdown, or new settings)."""
@@ -219,7 +181,7 @@ class PoolSender(Sender):
         by the deadline, sent or still queued, is a timeout."""
         deadline = self.loop.time() + timeout_s
         if not await self._refreshed(deadline):
-            return [_result(push, None, "timeout") for push in pushes]
+            return [push_result(push, None, "timeout") for push in pushes]
         fan_out = _FanOut(len(pushes), self.loop.create_future())
         for index, push in enumerate(pushes):
             self.pool(push.environment)
@@ -234,7 +196,7 @@ class PoolSender(Sender):
         finally:
             self._give_up(fan_out)
         answers = fan_out.answers
-        return [_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
+        return [push_result(push, *answer) for push, answer in zip(pushes, answers, strict=True)]
 
     def _payload(self, push: Push) -> tuple[bytes, PushFields]:
         """The push's body and shared headers: encoded once for the pushes of a fan-out, which
@@ -303,7 +265,7 @@ class PoolSender(Sender):
         if not fan_out.over:
             self.sending -= 1
             fan_out.in_flight -= 1
-            if status == 403 and reason == "ExpiredProviderToken" and not send.re_signed:
+            if (status, reason) == EXPIRED_PROVIDER_TOKEN and not send.re_signed:
                 self._re_sign(send)
             else:
                 fan_out.answer(send.index, status, reason)
@@ -371,7 +333,8 @@ class PoolSender(Sender):
         await super()._close_pools()
 
 
-def _result(push: Push, status: int | None, reason: str | None) -> PushResult:
+def push_result(push: Push, status: int | None, reason: str | None) -> PushResult:
+    """The push's outcome from its answer (or none), logged unless delivered."""
     outcome = classify(status, reason)
     if outcome is Outcome.dropped:
         log.warning("APNs push to %s… dropped: %s %s", push.token[:8], status, reason)
