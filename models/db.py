@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -113,6 +115,33 @@ def _begin_immediate(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _server_spoke(dbapi_connection: Any) -> bool:
+    """Whether anything waits to be read on an idle connection's socket. PostgreSQL says
+    nothing to an idle client unless it is closing the connection (a restart, a terminated
+    backend, an idle timeout: its last words, then end of file), or, rarely, a notice."""
+    readable, _, _ = select.select([dbapi_connection.fileno()], [], [], 0)
+    return bool(readable)
+
+
+def _replacing_closed(dialect: Dialect) -> Callable[[Any, Any, Any], None]:
+    """Pessimistic disconnect handling without a round trip in the common case: a pooled
+    connection is pinged at checkout only if the server has spoken on it since it was last
+    used, and replaced (the pool's checkout retries) if the ping fails. SQLAlchemy's
+    `pool_pre_ping` pings every checkout, and through psycopg2 that is three round trips
+    where a transaction would otherwise need one (SELECT 1 in autocommit, the session reset
+    as autocommit goes off, and a BEGIN naming its isolation level)."""
+
+    def replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        if not _server_spoke(dbapi_connection):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except Exception as exc:  # whatever the ping met: the pool tries another connection
+            raise DisconnectionError(f"the server closed a pooled connection: {exc}") from exc
+
+    return replace_if_closed
+
+
 def build_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
@@ -124,13 +153,9 @@ def build_engine(url: str) -> Engine:
         return engine
     # A database that accepts and never answers must not hold a thread for the kernel's
     # TCP timeout: connecting gives up after 5 s (the gateway's token checks rely on it).
-    return create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
-        connect_args={"connect_timeout": 5},
-    )
+    engine = create_engine(url, pool_size=10, max_overflow=20, connect_args={"connect_timeout": 5})
+    event.listen(engine, "checkout", _replacing_closed(engine.dialect))
+    return engine
 
 
 @cache

@@ -17,13 +17,14 @@ from functools import cache
 from typing import Any
 
 import redis
-from sqlalchemy import Select, bindparam, select
+from sqlalchemy import Executable, bindparam, select
 from sqlalchemy.orm import Session
 
 from models.db import after_commit, redis_connection, session_scope, utcnow
 from models.job_events import (
     EventType,
     JobEvent,
+    announcement_lock,
     hold_announcements,
     last_step,
     mark_announced,
@@ -150,9 +151,11 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
     whether the event itself owes a push (a release: the customer's)."""
     r = redis_connection()
     with session_scope() as session:
-        # The event and its job in one read; the job under a share lock, so that no step
-        # changes it while its offers are made.
-        found = session.execute(_event_and_job(), {"event_id": event_id}).first()
+        # The event and its job in one read, holding the job's announcements (on PostgreSQL;
+        # SQLite runs one transaction at a time) and the job under a share lock, so that no
+        # step changes it while its offers are made.
+        dialect = session.get_bind().dialect.name
+        found = session.execute(_event_and_job(dialect), {"event_id": event_id}).first()
         if found is None:
             return None, False
         event, job = found.JobEvent, found.Job
@@ -161,7 +164,6 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
             return None, False
         if event.type == EventType.offered:
             return _offer_notice(job, event, _unsent_offers(session, job, event)), False
-        hold_announcements(session, event.job_id)
         if event.type == EventType.released:
             _announce_status(session, r, job, event)
         offered = None
@@ -177,14 +179,19 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
 
 
 @cache
-def _event_and_job() -> Select[JobEvent, Job]:
-    """Built once, the event's id a parameter (every dispatch of a job starts here)."""
-    return (
+def _event_and_job(dialect: str) -> Executable:
+    """Built once, the event's id a parameter (every dispatch of a job starts here). The
+    announcements' lock is taken before the job's share lock, as `announce_change` takes
+    it before reading: nobody holding it waits for a job row."""
+    statement = (
         select(JobEvent, Job)
         .join(Job, Job.id == JobEvent.job_id)
         .where(JobEvent.id == bindparam("event_id"))
         .with_for_update(read=True, of=Job)
     )
+    if dialect == "postgresql":
+        return statement.add_columns(announcement_lock(Job.id))
+    return statement
 
 
 def deliver_offers(notice: OfferNotice) -> bool:
