@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from bench.data import add_users, bearer, summary_ms, token_for
 from bench.feeds import FeedProcesses
-from models.db import redis_connection, session_scope
+from models.db import engine, redis_connection, session_scope
 from models.job_events import EventType, JobEvent
+from models.offers import Offer
+from models.positions import set_standing
 from models.rooms import driver_room
 from models.tracking import record_position
 from tests.processes import Process, start_gateway, start_web, start_workers, wait_until
@@ -58,6 +60,26 @@ def _place(drivers: list[int]) -> dict[int, list[int]]:
         record_position(r, driver, lat + (n % PER_CLUSTER) * 0.001, lng)
         clusters.setdefault(cluster, []).append(driver)
     return clusters
+
+
+def _retire_earlier_drivers() -> None:
+    """Drivers an earlier run in the same stores placed go offline and leave the index:
+    their positions stay fresh for LOCATION_STALE_S, and at the same cluster centres they
+    would double the offers of each job of the next run."""
+    with engine().begin() as conn:
+        earlier = conn.execute(
+            text("UPDATE driver_profiles SET online = false WHERE online RETURNING user_id")
+        ).scalars()
+        standing = dict.fromkeys(earlier, False)
+    set_standing(redis_connection(), standing)
+
+
+def _offers_per_job(job_ids: list[int]) -> float:
+    """How many drivers each job was offered to, on average (PER_CLUSTER when only this
+    run's drivers were near)."""
+    with session_scope() as session:
+        offers = session.scalar(select(func.count()).where(Offer.job_id.in_(job_ids))) or 0
+    return round(offers / max(1, len(job_ids)), 2)
 
 
 def _http_floor(base: str) -> float:
@@ -194,6 +216,7 @@ def _post_jobs(base: str, customer: int) -> dict[int, tuple[float, int]]:
 
 def main() -> None:
     logs = Path(tempfile.mkdtemp())
+    _retire_earlier_drivers()
     [customer] = add_users("customer", 1)
     drivers = add_users("driver", CLUSTERS * PER_CLUSTER)
     processes: list[Process] = []
@@ -235,10 +258,11 @@ def main() -> None:
                 latencies.append(arrivals[(job_id, driver)] - start)
             else:
                 lost += 1
-    result = {
+    result: dict[str, Any] = {
         **summary_ms(latencies),
         "lost": lost,
         "offers": len(latencies),
+        "offers_per_job": _offers_per_job(list(sent)),
         "connections": connected,
     }
     floor = http_floor + emit_floor + enqueue_floor
