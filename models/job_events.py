@@ -95,7 +95,16 @@ def record_event(
 ) -> JobEvent:
     """Write the event row in the caller's transaction (`insert_row`); the event returned is
     not attached to the session."""
-    values: dict[str, Any] = {
+    values = event_values(job_id, type_, actor, at, **data)
+    event_id = insert_row(session, JobEvent, values)
+    return JobEvent(id=event_id, **values)
+
+
+def event_values(
+    job_id: int | None, type_: EventType, actor: User | None, at: datetime, **data: Any
+) -> dict[str, Any]:
+    """An event row's values (its job's id None while the job is being inserted with it)."""
+    return {
         "job_id": job_id,
         "type": type_.value,
         "at": at,
@@ -104,8 +113,6 @@ def record_event(
         "data": data,
         "push_attempts": 0,
     }
-    event_id = insert_row(session, JobEvent, values)
-    return JobEvent(id=event_id, **values)
 
 
 def last_step(session: Session, job_id: int) -> JobEvent | None:

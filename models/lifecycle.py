@@ -14,14 +14,14 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NoReturn
 
-from sqlalchemy import Select, Update, bindparam, select, update
+from sqlalchemy import Insert, Select, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from models.accounts import DriverProfile, User
 from models.db import insert_row, table_of, utcnow
 from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
-from models.job_events import EventType, JobEvent, last_step, record_event
+from models.job_events import EventType, JobEvent, event_values, last_step, record_event
 from models.jobs import Job, JobStatus, Place, require_role
 from models.offers import Offer, OfferClosed, offer_of
 from models.positions import reindex_after_commit
@@ -74,12 +74,13 @@ def create_job(
         "expires_at": now + timedelta(seconds=settings.job_offer_ttl_s),
         "offer_round": 1,
     }
+    created = event_values(None, EventType.created, customer, now, round=1)
     if idempotency_key is None:
-        job_id = insert_row(session, Job, values)
+        job_id, event_id = _insert_job(session, values, created)
     else:
         try:
             with session.begin_nested():  # a savepoint only where a duplicate key can race
-                job_id = insert_row(session, Job, values)
+                job_id, event_id = _insert_job(session, values, created)
         except IntegrityError:
             # A concurrent request with the same key committed first: answer with its job.
             earlier = _job_by_idempotency_key(session, customer.id, idempotency_key)
@@ -87,7 +88,42 @@ def create_job(
                 raise
             return Step(earlier)
     job = Job(id=job_id, customer=customer, driver=None, **values)
-    return Step(job, [record_event(session, job_id, EventType.created, customer, now, round=1)])
+    return Step(job, [JobEvent(id=event_id, **(created | {"job_id": job_id}))])
+
+
+def _insert_job(
+    session: Session, values: dict[str, Any], created: dict[str, Any]
+) -> tuple[int, int]:
+    """Insert the job and its `created` event; their ids. On PostgreSQL in one statement
+    (the job's INSERT a data-modifying CTE of the event's), one round trip fewer a booking."""
+    if session.get_bind().dialect.name != "postgresql":
+        job_id = insert_row(session, Job, values)
+        return job_id, insert_row(session, JobEvent, created | {"job_id": job_id})
+    event = {f"event_{key}": value for key, value in created.items() if key != "job_id"}
+    row = session.connection().execute(_job_and_event(tuple(values)), values | event).one()
+    return row.job_id, row.id
+
+
+@cache
+def _job_and_event(job_columns: tuple[str, ...]) -> Insert:
+    """Built once, every value a parameter (the event's prefixed `event_`)."""
+    jobs, events = table_of(Job), table_of(JobEvent)
+    job = (
+        insert(jobs)
+        .values({name: bindparam(name, type_=jobs.c[name].type) for name in job_columns})
+        .returning(jobs.c.id)
+        .cte("job")
+    )
+    event_columns = ("type", "at", "actor_id", "actor_role", "data", "push_attempts")
+    row = select(
+        job.c.id,
+        *(bindparam(f"event_{name}", type_=events.c[name].type) for name in event_columns),
+    )
+    return (
+        insert(events)
+        .from_select(["job_id", *event_columns], row)
+        .returning(events.c.job_id, events.c.id)
+    )
 
 
 def _job_by_idempotency_key(session: Session, customer_id: int, key: str) -> Job | None:

@@ -92,19 +92,38 @@ def job_for_user(session: Session, user: User, job_id: int) -> Job:
     raise NotFound("No such job.")
 
 
-# The upsert of one round's offers as one statement with array parameters: compiled and
-# planned once, whatever the number of drivers (a multi-row VALUES is compiled per call).
+# A round on PostgreSQL, one statement and one round trip: the upsert of its offers, with
+# array parameters (compiled and planned once, whatever the number of drivers; a multi-row
+# VALUES is compiled per call), and the `offered` event naming the drivers it offered, if
+# any. Its `data` is what `offered_data` makes on SQLite.
 _OFFER_ROUND_SQL = text(
     """
-    INSERT INTO offers (job_id, driver_id, distance_km, offered_at, round)
-    SELECT :job_id, candidate.driver_id, candidate.distance_km, :offered_at, :round
-    FROM unnest(CAST(:driver_ids AS integer[]), CAST(:distances AS double precision[]))
-         AS candidate (driver_id, distance_km)
-    ON CONFLICT (job_id, driver_id) DO UPDATE
-    SET round = excluded.round, distance_km = excluded.distance_km,
-        offered_at = excluded.offered_at, notified_at = NULL
-    WHERE offers.round < excluded.round AND offers.closed_at IS NULL
-    RETURNING id, driver_id, distance_km
+    WITH made AS (
+        INSERT INTO offers (job_id, driver_id, distance_km, offered_at, round)
+        SELECT :job_id, candidate.driver_id, candidate.distance_km, :offered_at, :round
+        FROM unnest(CAST(:driver_ids AS integer[]), CAST(:distances AS double precision[]))
+             AS candidate (driver_id, distance_km)
+        ON CONFLICT (job_id, driver_id) DO UPDATE
+        SET round = excluded.round, distance_km = excluded.distance_km,
+            offered_at = excluded.offered_at, notified_at = NULL
+        WHERE offers.round < excluded.round AND offers.closed_at IS NULL
+        RETURNING id, driver_id, distance_km
+    ), offered AS (
+        INSERT INTO job_events (job_id, type, at, data, push_attempts)
+        SELECT :job_id, 'offered', :offered_at,
+               json_build_object(
+                   'round', CAST(:round AS integer),
+                   'count', count(*),
+                   'drivers', json_agg(driver_id ORDER BY driver_id)
+               ),
+               0
+        FROM made
+        HAVING count(*) > 0
+        RETURNING id, data
+    )
+    SELECT made.id, made.driver_id, made.distance_km, offered.id AS event_id,
+           offered.data AS event_data
+    FROM made CROSS JOIN offered
     """
 )
 
@@ -118,26 +137,61 @@ class MadeOffer(NamedTuple):
     offered_at: datetime
 
 
-def record_offers(session: Session, job: Job, candidates: Sequence[Candidate]) -> list[MadeOffer]:
+def offered_data(round_: int, offers: Sequence[MadeOffer]) -> dict[str, Any]:
+    """An `offered` event's data: its round, and the drivers offered it."""
+    return {
+        "round": round_,
+        "count": len(offers),
+        "drivers": sorted(offer.driver_id for offer in offers),
+    }
+
+
+def _record_round(
+    session: Session, job: Job, candidates: Sequence[Candidate], now: datetime
+) -> tuple[list[MadeOffer], JobEvent | None]:
     """Offer the job's current round to the candidates: a new row for a driver never
     offered it, the row moved to this round for one offered in an earlier round, nothing
     for one offered in this round already (a retried task) or whose offer is closed
-    (declined, released). Returns the offers made now, nearest first."""
-    if not candidates:
-        return []
-    now = utcnow()
-    if session.get_bind().dialect.name == "postgresql":
-        rows = session.execute(
-            _OFFER_ROUND_SQL,
-            {
-                "job_id": job.id,
-                "offered_at": now,
-                "round": job.offer_round,
-                "driver_ids": [c.driver_id for c in candidates],
-                "distances": [c.distance_km for c in candidates],
-            },
+    (declined, released); and the `offered` event naming those offered now, if any.
+    Returns the offers made now, nearest first, and the event."""
+    if session.get_bind().dialect.name != "postgresql":
+        made = _record_offers_sqlite(session, job, candidates, now)
+        event = (
+            record_event(
+                session, job.id, EventType.offered, None, now, **offered_data(job.offer_round, made)
+            )
+            if made
+            else None
         )
-        return _nearest_first(rows, now)
+        return made, event
+    rows = session.execute(
+        _OFFER_ROUND_SQL,
+        {
+            "job_id": job.id,
+            "offered_at": now,
+            "round": job.offer_round,
+            "driver_ids": [c.driver_id for c in candidates],
+            "distances": [c.distance_km for c in candidates],
+        },
+    ).all()
+    if not rows:
+        return [], None
+    event = JobEvent(
+        id=rows[0].event_id,
+        job_id=job.id,
+        type=EventType.offered.value,
+        at=now,
+        actor_id=None,
+        actor_role=None,
+        data=rows[0].event_data,
+        push_attempts=0,
+    )
+    return _nearest_first(rows, now), event
+
+
+def _record_offers_sqlite(
+    session: Session, job: Job, candidates: Sequence[Candidate], now: datetime
+) -> list[MadeOffer]:
     insert = sqlite.insert(Offer).values(
         [
             {
@@ -218,20 +272,11 @@ def offer_round(session: Session, r: redis.Redis, job: Job) -> OfferedRound | No
     The caller holds the job row under a share lock, so no step changes it meanwhile."""
     if job.status != JobStatus.pending or job.expires_at <= utcnow():
         return None
-    offers = record_offers(session, job, eligible_drivers(r, job.pickup_lat, job.pickup_lng))
-    if not offers:
+    candidates = eligible_drivers(r, job.pickup_lat, job.pickup_lng)
+    if not candidates:
         return None
-    event = record_event(
-        session,
-        job.id,
-        EventType.offered,
-        None,
-        utcnow(),
-        round=job.offer_round,
-        count=len(offers),
-        drivers=sorted(offer.driver_id for offer in offers),
-    )
-    return OfferedRound(event, offers)
+    offers, event = _record_round(session, job, candidates, utcnow())
+    return OfferedRound(event, offers) if event is not None else None
 
 
 def unnotified_offers(session: Session, job: Job, driver_ids: Sequence[int]) -> list[Offer]:

@@ -9,6 +9,7 @@ from sqlalchemy import select, update
 
 from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope
+from models.job_events import JobEvent
 from models.jobs import Job
 from models.offers import Offer, offer_round
 from models.positions import (
@@ -176,8 +177,13 @@ def test_a_round_s_offers_are_sent_as_stored_nearest_first(factory: Factory) -> 
         view = JobView.of(job)
         payloads = OfferView.payloads(as_json(view), made)
     assert [offer.driver_id for offer in made] == [drivers[1].id, drivers[0].id, drivers[2].id]
-    assert offered.event.data["drivers"] == sorted(d.id for d in drivers)
+    expected = {"round": 1, "count": 3, "drivers": sorted(d.id for d in drivers)}
+    assert offered.event.data == expected
     with session_scope() as session:
+        event = session.get(JobEvent, offered.event.id)
+        assert event is not None
+        assert (event.type, event.job_id, event.data) == ("offered", job_id, expected)
+        assert (event.announced_at, event.actor_id, event.push_attempts) == (None, None, 0)
         stored = {offer.id: offer for offer in session.scalars(select(Offer))}
         assert [stored[offer.id].driver_id for offer in made] == [o.driver_id for o in made]
         assert payloads == [as_json(OfferView.of(stored[offer.id], view)) for offer in made]
