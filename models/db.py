@@ -131,9 +131,14 @@ def _replacing_closed(dialect: Dialect) -> Callable[[Any, Any, Any], None]:
     where a transaction would otherwise need one (SELECT 1 in autocommit, the session reset
     as autocommit goes off, and a BEGIN naming its isolation level)."""
 
+    unaskable = (OSError, ValueError, dialect.loaded_dbapi.Error)
+
     def replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
-        if not _server_spoke(dbapi_connection):
-            return
+        try:
+            if not _server_spoke(dbapi_connection):
+                return
+        except unaskable:  # closed on this side (psycopg2: InterfaceError): ping, replace
+            pass
         try:
             dialect.do_ping(dbapi_connection)
         except Exception as exc:  # whatever the ping met: the pool tries another connection

@@ -46,6 +46,19 @@ def test_a_pooled_connection_the_server_closed_is_replaced_at_checkout() -> None
     assert ping.call_count == 1
 
 
+def test_a_pooled_connection_closed_on_this_side_is_replaced_at_checkout() -> None:
+    engine().dispose()
+    with session_scope() as session:
+        session.execute(text("SELECT 1"))
+        dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None
+    dbapi_connection.close()  # in the pool, as a driver's failure could leave it
+
+    with session_scope() as session:
+        assert session.execute(text("SELECT 1")).scalar_one() == 1
+        assert session.connection().connection.dbapi_connection is not dbapi_connection
+
+
 def test_a_healthy_pooled_connection_is_not_pinged() -> None:
     engine().dispose()
     first, _ = _backend()
