@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapped, Session, lazyload, mapped_column, relationshi
 from models.accounts import User
 from models.db import Base, UTCDateTime, one_of, table_of, utcnow
 from models.errors import Forbidden, NotFound
-from models.job_events import EventType, JobEvent, record_event
+from models.job_events import EventType, JobEvent, event_values, record_event
 from models.jobs import Job, JobStatus
 from models.positions import Candidate, eligible_drivers
 
@@ -176,17 +176,8 @@ def _record_round(
     ).all()
     if not rows:
         return [], None
-    event = JobEvent(
-        id=rows[0].event_id,
-        job_id=job.id,
-        type=EventType.offered.value,
-        at=now,
-        actor_id=None,
-        actor_role=None,
-        data=rows[0].event_data,
-        push_attempts=0,
-    )
-    return _nearest_first(rows, now), event
+    values = event_values(job.id, EventType.offered, None, now, **rows[0].event_data)
+    return _nearest_first(rows, now), JobEvent(id=rows[0].event_id, **values)
 
 
 def _record_offers_sqlite(
