@@ -119,6 +119,19 @@ class User(Base):
         return self.role == Role.customer
 
 
+class Party(Base):
+    """A user as a job names them, its customer or its driver: id and name. Every read of a
+    job loads its two parties; as `User`s each would bring every column (the password hash
+    too) and a driver profile (two more joins to plan and rows to build on every dispatch,
+    accept and status change). Read-only: users are written as `User`."""
+
+    __table__ = User.__table__
+    __mapper_args__ = {"include_properties": ["id", "name"]}
+
+    id: Mapped[int]
+    name: Mapped[str]
+
+
 class DriverProfile(Base):
     """A driver's standing: approved by an operator (and not suspended since), online, and
     the job they are on."""

@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
-from models.accounts import User
+from models.accounts import Party, User
 from models.db import Base, UTCDateTime, one_of, utcnow
 from models.errors import Forbidden
 
@@ -82,8 +82,12 @@ class Job(Base):
     # Each release opens a new round of offers; an offer counts only in its job's round.
     offer_round: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
-    customer: Mapped[User] = relationship(foreign_keys=[customer_id], lazy="joined")
-    driver: Mapped[User | None] = relationship(foreign_keys=[driver_id], lazy="joined")
+    customer: Mapped[Party] = relationship(
+        foreign_keys=[customer_id], lazy="joined", innerjoin=True, viewonly=True
+    )
+    driver: Mapped[Party | None] = relationship(
+        foreign_keys=[driver_id], lazy="joined", viewonly=True
+    )
 
     @property
     def pickup(self) -> Place:

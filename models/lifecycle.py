@@ -18,7 +18,7 @@ from sqlalchemy import Insert, Select, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from models.accounts import DriverProfile, User
+from models.accounts import DriverProfile, Party, User
 from models.db import insert_row, table_of, utcnow
 from models.errors import Conflict, Forbidden, JobNotAvailable, NotFound
 from models.job_events import EventType, JobEvent, event_values, last_step, record_event
@@ -87,7 +87,9 @@ def create_job(
             if earlier is None:
                 raise
             return Step(earlier)
-    job = Job(id=job_id, customer=customer, driver=None, **values)
+    job = Job(
+        id=job_id, customer=Party(id=customer.id, name=customer.name), driver=None, **values
+    )
     return Step(job, [JobEvent(id=event_id, **(created | {"job_id": job_id}))])
 
 
