@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NoReturn
 
-from sqlalchemy import Insert, Select, Update, bindparam, insert, select, update
+from sqlalchemy import CTE, ColumnElement, Insert, Select, Update, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -87,9 +87,7 @@ def create_job(
             if earlier is None:
                 raise
             return Step(earlier)
-    job = Job(
-        id=job_id, customer=Party(id=customer.id, name=customer.name), driver=None, **values
-    )
+    job = Job(id=job_id, customer=Party(id=customer.id, name=customer.name), driver=None, **values)
     return Step(job, [JobEvent(id=event_id, **(created | {"job_id": job_id}))])
 
 
@@ -101,8 +99,8 @@ def _insert_job(
     if session.get_bind().dialect.name != "postgresql":
         job_id = insert_row(session, Job, values)
         return job_id, insert_row(session, JobEvent, created | {"job_id": job_id})
-    event = {f"event_{key}": value for key, value in created.items() if key != "job_id"}
-    row = session.connection().execute(_job_and_event(tuple(values)), values | event).one()
+    statement = _job_and_event(tuple(values))
+    row = session.connection().execute(statement, values | _event_params(created)).one()
     return row.job_id, row.id
 
 
@@ -116,16 +114,26 @@ def _job_and_event(job_columns: tuple[str, ...]) -> Insert:
         .returning(jobs.c.id)
         .cte("job")
     )
-    event_columns = ("type", "at", "actor_id", "actor_role", "data", "push_attempts")
+    return _event_after(job, job.c.id).returning(events.c.job_id, events.c.id)
+
+
+_EVENT_COLUMNS = ("type", "at", "actor_id", "actor_role", "data", "push_attempts")
+
+
+def _event_after(change: CTE, job_id: ColumnElement[int]) -> Insert:
+    """PostgreSQL: an event's INSERT after a data-modifying CTE, writing a row for each row
+    the change returned (none if it matched nothing); the event's values are parameters
+    prefixed `event_` (`_event_params`)."""
+    events = table_of(JobEvent)
     row = select(
-        job.c.id,
-        *(bindparam(f"event_{name}", type_=events.c[name].type) for name in event_columns),
-    )
-    return (
-        insert(events)
-        .from_select(["job_id", *event_columns], row)
-        .returning(events.c.job_id, events.c.id)
-    )
+        job_id,
+        *(bindparam(f"event_{name}", type_=events.c[name].type) for name in _EVENT_COLUMNS),
+    ).select_from(change)
+    return insert(events).from_select(["job_id", *_EVENT_COLUMNS], row)
+
+
+def _event_params(values: dict[str, Any]) -> dict[str, Any]:
+    return {f"event_{key}": value for key, value in values.items() if key != "job_id"}
 
 
 def _job_by_idempotency_key(session: Session, customer_id: int, key: str) -> Job | None:
@@ -260,7 +268,9 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     statement, the driver is claimed if their offer is open in that round (checked afresh:
     a decline may just have committed) and they are free and not suspended (a suspension
     committed meanwhile is seen: the UPDATE re-reads the row). The winner holds the job's
-    lock until it commits, so every round trip it makes is waited out by the losers."""
+    lock until it commits, so every round trip it makes is waited out by the losers: the
+    job comes back from its UPDATE (no reload), and on PostgreSQL the `accepted` event is
+    written by the claim's statement."""
     require_role(driver, "driver")
     now = utcnow()
     take, seen_by, claim = _accept_statements()
@@ -274,20 +284,37 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
         if seen.status == JobStatus.accepted and seen.driver_id == driver.id:
             return Step(_reloaded_job(session, job_id))
         raise JobNotAvailable()
-    claimed = session.execute(
-        claim, {"job_id": job_id, "taker": driver.id, "round": row.offer_round}
+    accepted = event_values(
+        job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
     )
-    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+    event_id = _claim(session, claim, accepted)
+    if event_id is None:
         seen = _seen_offer(session, seen_by, job_id, driver.id)
         if seen.round != row.offer_round or seen.closed_at is not None:
             raise JobNotAvailable()
         _refuse_claim(session, driver.id)
     reindex_after_commit(session, driver.id, False)
-    job = _reloaded_job(session, job_id)
-    event = record_event(
-        session, job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
-    )
-    return Step(job, [event])
+    return Step(_taken_job(row, driver), [JobEvent(id=event_id, **accepted)])
+
+
+def _claim(session: Session, claim: Update, accepted: dict[str, Any]) -> int | None:
+    """Claim the driver for the job and write the `accepted` event; the event's id, or None
+    if the claim matched nothing (and no event was written). One statement on PostgreSQL."""
+    params = {"job_id": accepted["job_id"], "taker": accepted["actor_id"]}
+    params["round"] = accepted["data"]["round"]
+    if session.get_bind().dialect.name != "postgresql":
+        if session.execute(claim, params).rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        return insert_row(session, JobEvent, accepted)
+    return session.execute(_claim_and_event(), params | _event_params(accepted)).scalar()
+
+
+def _taken_job(row: Any, driver: User) -> Job:
+    """The job as the accept's UPDATE returned it, with its customer's name; not attached to
+    the session."""
+    values = row._asdict()
+    customer = Party(id=values["customer_id"], name=values.pop("customer_name"))
+    return Job(**values, customer=customer, driver=Party(id=driver.id, name=driver.name))
 
 
 def _seen_offer(session: Session, seen_by: Select[Any], job_id: int, driver_id: int) -> Any:
@@ -306,6 +333,8 @@ def _accept_statements() -> tuple[Update, Select[Any], Update]:
     ORM's bulk-update path, each value a bound parameter with its own cache key, they were
     a third of a losing accept's CPU."""
     jobs, offers, profiles = table_of(Job), table_of(Offer), table_of(DriverProfile)
+    users = table_of(User)
+    customer_name = select(users.c.name).where(users.c.id == jobs.c.customer_id)
     take = (
         update(jobs)
         .where(
@@ -318,7 +347,7 @@ def _accept_statements() -> tuple[Update, Select[Any], Update]:
             driver_id=bindparam("taker"),
             accepted_at=bindparam("at"),
         )
-        .returning(jobs.c.driver_id, jobs.c.offer_round)
+        .returning(*jobs.c, customer_name.scalar_subquery().label("customer_name"))
     )
     seen_by = (
         select(offers.c.round, offers.c.closed_at, jobs.c.status, jobs.c.driver_id)
@@ -346,6 +375,16 @@ def _accept_statements() -> tuple[Update, Select[Any], Update]:
         .values(current_job_id=bindparam("job_id"))
     )
     return take, seen_by, claim
+
+
+@cache
+def _claim_and_event() -> Insert:
+    """PostgreSQL: the claim as a data-modifying CTE of the `accepted` event's INSERT, which
+    writes a row only if the claim matched one (the event's values prefixed `event_`)."""
+    events = table_of(JobEvent)
+    claimed = _accept_statements()[2].returning(table_of(DriverProfile).c.user_id).cte("claimed")
+    job_id = bindparam("job_id", type_=events.c.job_id.type)
+    return _event_after(claimed, job_id).returning(events.c.id)
 
 
 def _refuse_claim(session: Session, driver_id: int) -> NoReturn:
