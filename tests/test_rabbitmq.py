@@ -115,7 +115,14 @@ def test_a_retried_push_waits_out_its_countdown_in_the_broker(
     retried = re.search(r"send_push\[([0-9a-f-]+)\] retry: Retry in ([0-9.]+)s", retry)
     assert retried is not None
     task_id, countdown = retried.groups()
-    [_, again] = [line for line in log if f"send_push[{task_id}] received" in line]
+
+    def received() -> list[str]:
+        lines = workers[1].log().splitlines()
+        return [line for line in lines if f"send_push[{task_id}] received" in line]
+
+    # The master logs a receipt; the pool process that sent the push may be read first.
+    wait_until(lambda: len(received()) == 2, 10, "the log line of the retry's receipt")
+    [_, again] = received()
     # Held by the broker for the countdown's whole seconds (Celery rounds it down; the worker
     # waits out the fraction): a worker holding it itself would have received it at once.
     assert _logged_at(again) - _logged_at(retry) >= int(float(countdown)) - 0.1 >= 0.9
