@@ -185,10 +185,20 @@ def _announcement_lock() -> Select[Any]:
 def mark_announced(session: Session, event_id: int, push_within_s: float | None) -> bool:
     """The event's socket part is done; its pushes are owed within `push_within_s`
     (None: it has none). Whether this call marked it (False: it was announced already)."""
+    return record_announcement(session, announcement(event_id, push_within_s))
+
+
+def record_announcement(session: Session, announced: dict[str, Any]) -> bool:
+    """`mark_announced` with its parameters made beforehand (`announcement`)."""
+    marked = session.execute(_mark_announced(), announced)
+    return bool(marked.rowcount)  # type: ignore[attr-defined]
+
+
+def announcement(event_id: int, push_within_s: float | None) -> dict[str, Any]:
+    """The parameters that mark an event announced now (`event_id`, `now`, `due`)."""
     now = utcnow()
     due = None if push_within_s is None else now + timedelta(seconds=push_within_s)
-    marked = session.execute(_mark_announced(), {"event_id": event_id, "now": now, "due": due})
-    return bool(marked.rowcount)  # type: ignore[attr-defined]
+    return {"event_id": event_id, "now": now, "due": due}
 
 
 @cache

@@ -30,7 +30,13 @@ from sqlalchemy.orm import Mapped, Session, lazyload, mapped_column, relationshi
 from models.accounts import User
 from models.db import Base, UTCDateTime, one_of, table_of, utcnow
 from models.errors import Forbidden, NotFound
-from models.job_events import EventType, JobEvent, event_values, record_event
+from models.job_events import (
+    EventType,
+    JobEvent,
+    event_values,
+    record_announcement,
+    record_event,
+)
 from models.jobs import Job, JobStatus
 from models.positions import Candidate, eligible_drivers
 
@@ -94,8 +100,10 @@ def job_for_user(session: Session, user: User, job_id: int) -> Job:
 
 # A round on PostgreSQL, one statement and one round trip: the upsert of its offers, with
 # array parameters (compiled and planned once, whatever the number of drivers; a multi-row
-# VALUES is compiled per call), and the `offered` event naming the drivers it offered, if
-# any. Its `data` is what `offered_data` makes on SQLite.
+# VALUES is compiled per call), the `offered` event naming the drivers it offered, if any
+# (its `data` is what `offered_data` makes on SQLite), and the mark of the event announced
+# by this round (`announcement`'s parameters; none with a NULL `event_id`). One row always:
+# the offers made, or one row of NULLs beside `marked`.
 _OFFER_ROUND_SQL = text(
     """
     WITH made AS (
@@ -120,10 +128,14 @@ _OFFER_ROUND_SQL = text(
         FROM made
         HAVING count(*) > 0
         RETURNING id, data
+    ), marked AS (
+        UPDATE job_events SET announced_at = :now, push_due_at = :due
+        WHERE id = :event_id AND announced_at IS NULL
+        RETURNING id
     )
     SELECT made.id, made.driver_id, made.distance_km, offered.id AS event_id,
-           offered.data AS event_data
-    FROM made CROSS JOIN offered
+           offered.data AS event_data, (SELECT count(*) FROM marked) AS marked
+    FROM (SELECT) AS always LEFT JOIN (made CROSS JOIN offered) ON true
     """
 )
 
@@ -147,13 +159,18 @@ def offered_data(round_: int, offers: Sequence[MadeOffer]) -> dict[str, Any]:
 
 
 def _record_round(
-    session: Session, job: Job, candidates: Sequence[Candidate], now: datetime
-) -> tuple[list[MadeOffer], JobEvent | None]:
+    session: Session,
+    job: Job,
+    candidates: Sequence[Candidate],
+    now: datetime,
+    announced: dict[str, Any] | None,
+) -> tuple[list[MadeOffer], JobEvent | None, bool]:
     """Offer the job's current round to the candidates: a new row for a driver never
     offered it, the row moved to this round for one offered in an earlier round, nothing
     for one offered in this round already (a retried task) or whose offer is closed
-    (declined, released); and the `offered` event naming those offered now, if any.
-    Returns the offers made now, nearest first, and the event."""
+    (declined, released); the `offered` event naming those offered now, if any; and the
+    `announced` event (`announcement`'s parameters) marked. Returns the offers made now,
+    nearest first, the event, and whether the mark was made."""
     if session.get_bind().dialect.name != "postgresql":
         made = _record_offers_sqlite(session, job, candidates, now)
         event = (
@@ -163,7 +180,7 @@ def _record_round(
             if made
             else None
         )
-        return made, event
+        return made, event, announced is not None and record_announcement(session, announced)
     rows = session.execute(
         _OFFER_ROUND_SQL,
         {
@@ -172,12 +189,14 @@ def _record_round(
             "round": job.offer_round,
             "driver_ids": [c.driver_id for c in candidates],
             "distances": [c.distance_km for c in candidates],
+            **(announced or {"event_id": None, "now": None, "due": None}),
         },
     ).all()
-    if not rows:
-        return [], None
+    marked = bool(rows[0].marked)
+    if rows[0].id is None:
+        return [], None, marked
     values = event_values(job.id, EventType.offered, None, now, **rows[0].event_data)
-    return _nearest_first(rows, now), JobEvent(id=rows[0].event_id, **values)
+    return _nearest_first(rows, now), JobEvent(id=rows[0].event_id, **values), marked
 
 
 def _record_offers_sqlite(
@@ -261,13 +280,30 @@ def offer_round(session: Session, r: redis.Redis, job: Job) -> OfferedRound | No
     """Offer a pending job's current round to every eligible driver not offered it yet,
     recording the `offered` event naming them; None if nobody new was offered it.
     The caller holds the job row under a share lock, so no step changes it meanwhile."""
-    if job.status != JobStatus.pending or job.expires_at <= utcnow():
-        return None
-    candidates = eligible_drivers(r, job.pickup_lat, job.pickup_lng)
+    return _offer(session, r, job, None)[0]
+
+
+def offer_and_announce(
+    session: Session, r: redis.Redis, job: Job, announced: dict[str, Any]
+) -> tuple[OfferedRound | None, bool]:
+    """`offer_round`, marking the event that opened the round announced (`announcement`'s
+    parameters) in the same statement: on the way to `job:new`, one round trip fewer.
+    Also returns whether the mark was made (False: announced already)."""
+    return _offer(session, r, job, announced)
+
+
+def _offer(
+    session: Session, r: redis.Redis, job: Job, announced: dict[str, Any] | None
+) -> tuple[OfferedRound | None, bool]:
+    candidates = (
+        eligible_drivers(r, job.pickup_lat, job.pickup_lng)
+        if job.status == JobStatus.pending and job.expires_at > utcnow()
+        else []
+    )
     if not candidates:
-        return None
-    offers, event = _record_round(session, job, candidates, utcnow())
-    return OfferedRound(event, offers) if event is not None else None
+        return None, announced is not None and record_announcement(session, announced)
+    offers, event, marked = _record_round(session, job, candidates, utcnow(), announced)
+    return (OfferedRound(event, offers) if event is not None else None), marked
 
 
 def unnotified_offers(session: Session, job: Job, driver_ids: Sequence[int]) -> list[Offer]:

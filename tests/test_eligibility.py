@@ -9,9 +9,9 @@ from sqlalchemy import select, update
 
 from models.accounts import DriverProfile
 from models.db import redis_connection, session_scope
-from models.job_events import JobEvent
+from models.job_events import EventType, JobEvent, announcement
 from models.jobs import Job
-from models.offers import Offer, offer_round
+from models.offers import Offer, offer_and_announce, offer_round
 from models.positions import (
     dispatchable_key,
     drivers_near,
@@ -192,3 +192,58 @@ def test_a_round_s_offers_are_sent_as_stored_nearest_first(factory: Factory) -> 
         job = session.get(Job, job_id)
         assert job is not None
         assert offer_round(session, redis_connection(), job) is None
+
+
+def _created_event(job_id: int) -> int:
+    with session_scope() as session:
+        created = session.scalar(
+            select(JobEvent.id).where(JobEvent.job_id == job_id, JobEvent.type == EventType.created)
+        )
+    assert created is not None
+    return created
+
+
+def _offer_announcing(job_id: int, announced: dict) -> tuple[list[int] | None, bool]:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        offered, marked = offer_and_announce(session, redis_connection(), job, announced)
+    return (None if offered is None else [o.driver_id for o in offered.offers]), marked
+
+
+def _announced(event_id: int) -> tuple[object, object]:
+    with session_scope() as session:
+        event = session.get(JobEvent, event_id)
+        assert event is not None
+        return event.announced_at, event.push_due_at
+
+
+def test_a_round_marks_the_event_that_opened_it_announced(factory: Factory) -> None:
+    """`offer_and_announce` (one statement on PostgreSQL): the round's offers and the mark
+    of the event that opened it, with its push due; marked once, whatever was offered."""
+    customer = factory.customer()
+    driver = factory.driver(at=north_of(ORIGIN, 2))
+    job_id = factory.job(customer, at=ORIGIN)["id"]
+    created = _created_event(job_id)
+    announced = announcement(created, 30.0)
+    assert _offer_announcing(job_id, announced) == ([driver.id], True)
+    assert _announced(created) == (announced["now"], announced["due"])
+    # Run again (a redelivered task): nobody new, and no second mark.
+    assert _offer_announcing(job_id, announcement(created, None)) == (None, False)
+    assert _announced(created) == (announced["now"], announced["due"])
+
+
+def test_a_round_that_offers_nobody_new_still_marks_its_event(factory: Factory) -> None:
+    customer = factory.customer()
+    factory.driver(at=north_of(ORIGIN, 2))
+    job_id = factory.job(customer, at=ORIGIN)["id"]
+    with session_scope() as session:  # offered already, by an earlier run that did not mark
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert offer_round(session, redis_connection(), job) is not None
+    created = _created_event(job_id)
+    announced = announcement(created, None)
+    assert _offer_announcing(job_id, announced) == (None, True)
+    assert _announced(created) == (announced["now"], None)
+    lonely = factory.job(customer, at=north_of(ORIGIN, 500))["id"]  # nobody within reach
+    assert _offer_announcing(lonely, announcement(_created_event(lonely), None)) == (None, True)

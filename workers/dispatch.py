@@ -24,17 +24,19 @@ from models.db import after_commit, redis_connection, session_scope, utcnow
 from models.job_events import (
     EventType,
     JobEvent,
+    announcement,
     announcement_lock,
     hold_announcements,
     last_step,
     mark_announced,
+    record_announcement,
 )
 from models.jobs import Job, JobStatus
 from models.offers import (
     MadeOffer,
     Offer,
     mark_notified,
-    offer_round,
+    offer_and_announce,
     round_driver_ids,
     unnotified_offers,
 )
@@ -167,13 +169,16 @@ def offer_job(event_id: int) -> tuple[OfferNotice | None, bool]:
         if event.type == EventType.released:
             _announce_status(session, r, job, event)
         offered = None
+        push_within = _push_within(event)
+        announced = announcement(event.id, push_within)
         if job.offer_round == event.data.get("round", 1):
-            offered = offer_round(session, r, job)
+            offered, marked = offer_and_announce(session, r, job, announced)
             OFFERS_PER_ROUND.observe(len(offered.offers) if offered is not None else 0)
+        else:
+            marked = record_announcement(session, announced)
         if offered is None:
             _tell_operators(JobView.of(job))  # else deliver_offers does, once they commit
-        push_within = _push_within(event)
-        _mark_announced(session, event, job, push_within)
+        _count_announced(session, event, job, marked)
         notice = _offer_notice(job, offered.event, offered.offers) if offered else None
         return notice, push_within is not None
 
@@ -252,7 +257,11 @@ def announce_change(event_id: int) -> bool:
 def _mark_announced(session: Session, event: JobEvent, job: Job, push_within: float | None) -> None:
     """Mark the event announced and, once that commits, count it (once: a re-driven
     copy finds it marked)."""
-    if not mark_announced(session, event.id, push_within):
+    _count_announced(session, event, job, mark_announced(session, event.id, push_within))
+
+
+def _count_announced(session: Session, event: JobEvent, job: Job, marked: bool) -> None:
+    if not marked:
         return
     kind = event.type
     waited = (event.at - job.created_at).total_seconds()
