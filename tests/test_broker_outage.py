@@ -26,6 +26,7 @@ from tests.processes import (
 
 pytestmark = pytest.mark.slow
 
+
 class Broker:
     """The processes' broker, to take down and bring back: `env` points them at it."""
 
