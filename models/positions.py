@@ -3,9 +3,13 @@ built on it.
 
 The index holds only dispatchable drivers (online, approved, not suspended, not on a job):
 a Redis set names them, and a position report enters the GEO set only for a driver in it
-(models.tracking). So the nearby query needs no database round trip: one Lua script does the
-radius search and drops positions not reported within LOCATION_STALE_S (their report times
-live in a sorted set beside the GEO set), and never scans all drivers.
+(models.tracking). So the nearby query needs no database round trip, and never scans all
+drivers: in one round trip (a transaction), the drivers whose last report is older than
+LOCATION_STALE_S leave the GEO set (their report times live in a sorted set beside it, which
+they leave too: each is dropped once, by the first query after they went stale), then the
+radius search. A dropped driver comes back with their next report. Checking each hit's report
+time instead (the way before) cost more than the search itself: about 0.6 µs a hit in Redis
+and the Lua conversions of every hit, ~850 hits in a dense city.
 
 PostgreSQL stays the truth. Each change of a driver's standing puts the set right after its
 commit (`reindex_after_commit`); the relay reconciles the set with the database every
@@ -19,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Collection
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 from sqlalchemy import ARRAY, ColumnElement, Integer, and_, any_, cast, select
@@ -36,14 +40,16 @@ log = logging.getLogger(__name__)
 GEO_MAX_LAT = 85.05112878
 RECONCILE_EVERY_S = 30.0
 
-# KEYS: dispatchable set, geo, exact positions. ARGV: driver id, 1 (may be offered work) or 0.
-# Entering, a driver is placed at their last reported position at once (drivers_near still
-# drops it if it is stale); leaving, they leave the geo index too.
+# KEYS: dispatchable set, geo, exact positions, report times. ARGV: driver id, 1 (may be
+# offered work) or 0, the oldest fresh report time (epoch s). Entering, a driver is placed at
+# their last reported position at once if it is fresh (a stale one waits for their next
+# report: nothing would drop it from the GEO set); leaving, they leave the geo index too.
 _STANDING_SCRIPT = f"""
 if ARGV[2] == '1' then
   redis.call('SADD', KEYS[1], ARGV[1])
   local last = redis.call('HGET', KEYS[3], ARGV[1])
-  if last then
+  local seen = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]))
+  if last and seen and seen >= tonumber(ARGV[3]) then
     local lat, lng = string.match(last, '^([^,]+),([^,]+),')
     lat = math.max(-{GEO_MAX_LAT}, math.min({GEO_MAX_LAT}, tonumber(lat)))
     redis.call('GEOADD', KEYS[2], tonumber(lng), lat, ARGV[1])
@@ -55,31 +61,20 @@ end
 return 1
 """
 
-_NEARBY_SCRIPT = """
-local found = redis.call('GEOSEARCH', KEYS[1], 'FROMLONLAT', ARGV[1], ARGV[2],
-                         'BYRADIUS', ARGV[3], 'km', 'WITHDIST', 'ASC')
-if #found == 0 then return {} end
-local seen = {}
-for first = 1, #found, 1000 do
-  local members = {}
-  for i = first, math.min(first + 999, #found) do members[#members + 1] = found[i][1] end
-  local scores = redis.call('ZMSCORE', KEYS[2], unpack(members))
-  for i, score in ipairs(scores) do seen[first + i - 1] = score end
+# KEYS: geo, report times. ARGV: the oldest fresh report time (epoch s). Drops the drivers
+# not seen since from both; returns how many.
+_DROP_STALE_SCRIPT = """
+local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+for first = 1, #stale, 1000 do
+  local chunk = {unpack(stale, first, math.min(first + 999, #stale))}
+  redis.call('ZREM', KEYS[1], unpack(chunk))
+  redis.call('ZREM', KEYS[2], unpack(chunk))
 end
-local since = tonumber(ARGV[4])
-local fresh = {}
-for i, hit in ipairs(found) do
-  if seen[i] and tonumber(seen[i]) >= since then
-    fresh[#fresh + 1] = hit[1]
-    fresh[#fresh + 1] = hit[2]
-  end
-end
-return fresh
+return #stale
 """
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     driver_id: int
     distance_km: float
 
@@ -118,15 +113,18 @@ def indexable_lat(lat: float) -> float:
 def set_standing(r: redis.Redis, standing: dict[int, bool]) -> None:
     """Put each driver in the index (True) or out of it (False), in one round trip."""
     pipe = r.pipeline(transaction=False)
+    fresh_since = time.time() - settings.location_stale_s
     for driver_id, dispatchable in standing.items():
         pipe.eval(
             _STANDING_SCRIPT,
-            3,
+            4,
             dispatchable_key(),
             geo_key(),
             positions_key(),
+            seen_key(),
             driver_id,
             int(dispatchable),
+            fresh_since,
         )
     pipe.execute()
 
@@ -192,20 +190,30 @@ def standing_lost(r: redis.Redis) -> bool:
     return not r.exists(dispatchable_key())
 
 
-def drivers_near(
-    r: redis.Redis, lat: float, lng: float, radius_km: float, stale_after_s: float
-) -> list[Candidate]:
-    """Drivers whose fresh position lies within `radius_km` of the point, nearest first."""
-    since = time.time() - stale_after_s
-    flat = r.eval(
-        _NEARBY_SCRIPT, 2, geo_key(), seen_key(), lng, indexable_lat(lat), radius_km, since
+def drivers_near(r: redis.Redis, lat: float, lng: float, radius_km: float) -> list[Candidate]:
+    """Drivers whose position, reported within LOCATION_STALE_S, lies within `radius_km` of
+    the point, nearest first."""
+    pipe = r.pipeline(transaction=True)
+    since = time.time() - settings.location_stale_s
+    pipe.eval(_DROP_STALE_SCRIPT, 2, geo_key(), seen_key(), since)
+    pipe.execute_command(
+        "GEOSEARCH",
+        geo_key(),
+        "FROMLONLAT",
+        lng,
+        indexable_lat(lat),
+        "BYRADIUS",
+        radius_km,
+        "km",
+        "WITHDIST",
+        "ASC",
     )
-    pairs = zip(flat[::2], flat[1::2], strict=True)
-    return [Candidate(int(member), float(dist)) for member, dist in pairs]
+    _, found = pipe.execute()
+    return [Candidate(int(member), float(dist)) for member, dist in found]
 
 
 def eligible_drivers(r: redis.Redis, lat: float, lng: float) -> list[Candidate]:
     """The dispatch rule: online, approved, not suspended, not on a job (the only drivers the
     index holds), and last seen within LOCATION_STALE_S at most DISPATCH_RADIUS_KM from the
     point; nearest first. One Redis round trip, no database query."""
-    return drivers_near(r, lat, lng, settings.dispatch_radius_km, settings.location_stale_s)
+    return drivers_near(r, lat, lng, settings.dispatch_radius_km)

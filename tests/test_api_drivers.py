@@ -23,7 +23,7 @@ OFFERS = f"{API}/drivers/me/offers"
 
 
 def _near(point: tuple[float, float], radius_km: float = 1) -> list[Candidate]:
-    return drivers_near(redis_connection(), point[0], point[1], radius_km, 60)
+    return drivers_near(redis_connection(), point[0], point[1], radius_km)
 
 
 def _online(driver: Account) -> bool:

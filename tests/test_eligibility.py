@@ -71,7 +71,7 @@ def test_offline_drivers_are_not(client, factory: Factory) -> None:
     r = redis_connection()
     stored = last_positions(r, [online.id, never_online.id, went_offline.id])
     assert sorted(stored) == sorted([online.id, never_online.id, went_offline.id])
-    assert [c.driver_id for c in drivers_near(r, *ORIGIN, 1, 60)] == [online.id]
+    assert [c.driver_id for c in drivers_near(r, *ORIGIN, 1)] == [online.id]
     assert _eligible() == [(online.id, 0.0)]
 
 
@@ -81,6 +81,42 @@ def test_stale_positions_are_not(factory: Factory) -> None:
     seen_key = settings.redis_key("drivers", "seen")
     redis_connection().zadd(seen_key, {str(stale.id): time.time() - settings.location_stale_s - 1})
     assert [driver for driver, _ in _eligible()] == [fresh.id]
+
+
+def _geo_members() -> set[int]:
+    return {int(m) for m in redis_connection().zrange(settings.redis_key("drivers", "geo"), 0, -1)}
+
+
+def test_a_stale_driver_leaves_the_index_at_the_next_query_and_returns_with_a_report(
+    factory: Factory,
+) -> None:
+    stale, fresh = factory.driver(), factory.driver(at=north_of(ORIGIN, 1))
+    seen_key = settings.redis_key("drivers", "seen")
+    r = redis_connection()
+    r.zadd(seen_key, {str(stale.id): time.time() - settings.location_stale_s - 1})
+    assert _geo_members() == {stale.id, fresh.id}
+    assert _eligible() == [(fresh.id, 1.0)]
+    assert _geo_members() == {fresh.id}  # dropped once, by that query
+    assert r.zscore(seen_key, str(stale.id)) is None
+    assert _eligible() == [(fresh.id, 1.0)]
+    record_position(r, stale.id, *ORIGIN)
+    assert _eligible() == [(stale.id, 0.0), (fresh.id, 1.0)]
+
+
+def test_a_driver_back_in_standing_is_placed_only_if_their_last_report_is_fresh(
+    factory: Factory,
+) -> None:
+    recent, old = factory.driver(), factory.driver(at=north_of(ORIGIN, 1))
+    r = redis_connection()
+    set_standing(r, {recent.id: False, old.id: False})
+    assert _geo_members() == set()
+    seen_key = settings.redis_key("drivers", "seen")
+    r.zadd(seen_key, {str(old.id): time.time() - settings.location_stale_s - 1})
+    set_standing(r, {recent.id: True, old.id: True})
+    assert _geo_members() == {recent.id}  # nothing would drop a stale position
+    assert _eligible() == [(recent.id, 0.0)]
+    record_position(r, old.id, *north_of(ORIGIN, 1))
+    assert _eligible() == [(recent.id, 0.0), (old.id, 1.0)]
 
 
 def test_drivers_on_a_job_and_unapproved_drivers_are_not(client, factory: Factory) -> None:
@@ -99,11 +135,11 @@ def test_positions_near_the_poles_are_indexed_at_the_edge(factory: Factory) -> N
     r = redis_connection()
     record_position(r, 999, 89.9, 10.0)
     set_standing(r, {999: True})
-    assert [c.driver_id for c in drivers_near(r, 89.9, 10.0, 1, 60)] == [999]
+    assert [c.driver_id for c in drivers_near(r, 89.9, 10.0, 1)] == [999]
     record_position(r, 998, -89.9, 10.0)
     set_standing(r, {998: True})
     record_position(r, 998, -89.9, 10.0)
-    assert [c.driver_id for c in drivers_near(r, -89.9, 10.0, 1, 60)] == [998]
+    assert [c.driver_id for c in drivers_near(r, -89.9, 10.0, 1)] == [998]
 
 
 @pytest.mark.parametrize("step", ["complete", "release"])

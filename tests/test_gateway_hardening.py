@@ -144,7 +144,7 @@ def test_driver_location_is_acknowledged_and_indexed(listen, factory: Factory) -
     driver = factory.driver(at=None)
     client = listen(driver)
     assert client.call("driver:location", {"lat": ORIGIN[0], "lng": ORIGIN[1]}) == {"ok": True}
-    near = drivers_near(redis_connection(), *ORIGIN, 1, settings.location_stale_s)
+    near = drivers_near(redis_connection(), *ORIGIN, 1)
     assert [c.driver_id for c in near] == [driver.id]
 
 
@@ -215,7 +215,7 @@ def test_a_client_cannot_rerun_connect_with_another_users_token(
 
     # A's position is still A's.
     assert as_a.call("driver:location", {"lat": ORIGIN[0], "lng": ORIGIN[1]}) == {"ok": True}
-    near = drivers_near(redis_connection(), *ORIGIN, 1, settings.location_stale_s)
+    near = drivers_near(redis_connection(), *ORIGIN, 1)
     assert [candidate.driver_id for candidate in near] == [a.id]
 
     # Each refusal is acknowledged to a client that asked for an acknowledgement.
