@@ -300,8 +300,8 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
 def _claim(session: Session, claim: Update, accepted: dict[str, Any]) -> int | None:
     """Claim the driver for the job and write the `accepted` event; the event's id, or None
     if the claim matched nothing (and no event was written). One statement on PostgreSQL."""
-    params = {"job_id": accepted["job_id"], "taker": accepted["actor_id"]}
-    params["round"] = accepted["data"]["round"]
+    job_id, taker, round_ = accepted["job_id"], accepted["actor_id"], accepted["data"]["round"]
+    params = {"job_id": job_id, "taker": taker, "round": round_}
     if session.get_bind().dialect.name != "postgresql":
         if session.execute(claim, params).rowcount != 1:  # type: ignore[attr-defined]
             return None
