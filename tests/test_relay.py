@@ -4,6 +4,7 @@ a change whose enqueue was lost is still announced, and then the sweep shows in 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from models.accounts import User
 from models.db import redis_connection, session_scope
 from models.jobs import Place
 from models.lifecycle import create_job
-from settings import settings
+from settings import PROJECT_ROOT, settings
 from tests.events import EventTap
 from tests.factories import ORIGIN, Factory
 from tests.processes import (
@@ -27,7 +28,13 @@ from tests.processes import (
     start_worker,
     wait_until,
 )
-from workers.relay import RELAY_HOLD_S, RELAY_MAX_HOLD_S, claim_relays
+from workers.relay import (
+    ANNOUNCEMENT_QUEUE,
+    PUSH_QUEUE,
+    RELAY_HOLD_S,
+    RELAY_MAX_HOLD_S,
+    claim_relays,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +122,11 @@ def test_each_re_drive_of_an_event_doubles_its_hold() -> None:
         r.delete(hold)  # as if the hold had passed
         r.set(settings.redis_key("relay", "announce", 8, "hold"), 1)
     assert holds == [RELAY_HOLD_S, 10, 20, 40, RELAY_MAX_HOLD_S, RELAY_MAX_HOLD_S]
+
+
+def test_the_relay_watches_the_queues_the_procfile_s_workers_consume() -> None:
+    """The queues come from Celery's routing (celeryconfig): the announcements' and the
+    pushes', each consumed by one of the Procfile's workers."""
+    consumed = re.findall(r"--queues (\S+)", (PROJECT_ROOT / "Procfile").read_text())
+    assert (ANNOUNCEMENT_QUEUE, PUSH_QUEUE) == ("dispatch", "push")
+    assert sorted(consumed) == sorted([ANNOUNCEMENT_QUEUE, PUSH_QUEUE])

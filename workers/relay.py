@@ -34,7 +34,8 @@ from models.lifecycle import expire_due_jobs
 from models.positions import RECONCILE_EVERY_S, reconcile_standing, standing_lost
 from settings import settings
 from workers.backlog import queue_waits
-from workers.enqueue import announce, enqueue_push
+from workers.celery_app import app
+from workers.enqueue import TASKS, announce, enqueue_push
 from workers.logs import configure_logging
 from workers.metrics import INDEX_REPAIRED, SWEEP_REDRIVEN, serve_scrapes
 
@@ -52,7 +53,14 @@ redis.call('SET', KEYS[1], 1, 'EX', math.floor(hold))
 return 1
 """
 RELAY_BATCH = 500
-ANNOUNCEMENT_QUEUE, PUSH_QUEUE = QUEUES = ("dispatch", "push")  # celeryconfig's task_routes
+
+
+def _queue_of(task: str) -> str:
+    """The queue Celery routes `workers.tasks.<task>` to (celeryconfig's task_routes)."""
+    return str(app.amqp.router.route({}, f"{TASKS}.{task}")["queue"].name)
+
+
+ANNOUNCEMENT_QUEUE, PUSH_QUEUE = QUEUES = (_queue_of("notify_nearby"), _queue_of("send_push"))
 SWEEP_EVERY_S = max(1.0, settings.relay_after_s / 2)
 UNREACHABLE = (RedisError, BrokerUnavailable, DatabaseUnavailable, OSError)
 
