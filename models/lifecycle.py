@@ -287,7 +287,8 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     accepted = event_values(
         job_id, EventType.accepted, driver, now, driver_id=driver.id, round=row.offer_round
     )
-    event_id = _claim(session, claim, accepted)
+    claiming = {"job_id": job_id, "taker": driver.id, "round": row.offer_round}
+    event_id = _claim(session, claim, claiming, accepted)
     if event_id is None:
         seen = _seen_offer(session, seen_by, job_id, driver.id)
         if seen.round != row.offer_round or seen.closed_at is not None:
@@ -297,16 +298,17 @@ def accept_job(session: Session, driver: User, job_id: int) -> Step:
     return Step(_taken_job(row, driver), [JobEvent(id=event_id, **accepted)])
 
 
-def _claim(session: Session, claim: Update, accepted: dict[str, Any]) -> int | None:
-    """Claim the driver for the job and write the `accepted` event; the event's id, or None
-    if the claim matched nothing (and no event was written). One statement on PostgreSQL."""
-    job_id, taker, round_ = accepted["job_id"], accepted["actor_id"], accepted["data"]["round"]
-    params = {"job_id": job_id, "taker": taker, "round": round_}
+def _claim(
+    session: Session, claim: Update, claiming: dict[str, Any], accepted: dict[str, Any]
+) -> int | None:
+    """Claim the driver for the job (`claim` with the `claiming` parameters) and write the
+    `accepted` event; the event's id, or None if the claim matched nothing (and no event was
+    written). One statement on PostgreSQL."""
     if session.get_bind().dialect.name != "postgresql":
-        if session.execute(claim, params).rowcount != 1:  # type: ignore[attr-defined]
+        if session.execute(claim, claiming).rowcount != 1:  # type: ignore[attr-defined]
             return None
         return insert_row(session, JobEvent, accepted)
-    return session.execute(_claim_and_event(), params | _event_params(accepted)).scalar()
+    return session.execute(_claim_and_event(), claiming | _event_params(accepted)).scalar()
 
 
 def _taken_job(row: Any, driver: User) -> Job:
