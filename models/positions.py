@@ -110,10 +110,15 @@ def indexable_lat(lat: float) -> float:
     return max(-GEO_MAX_LAT, min(GEO_MAX_LAT, lat))
 
 
+def fresh_since() -> float:
+    """The oldest report time (epoch s) that still counts: LOCATION_STALE_S ago."""
+    return time.time() - settings.location_stale_s
+
+
 def set_standing(r: redis.Redis, standing: dict[int, bool]) -> None:
     """Put each driver in the index (True) or out of it (False), in one round trip."""
     pipe = r.pipeline(transaction=False)
-    fresh_since = time.time() - settings.location_stale_s
+    since = fresh_since()
     for driver_id, dispatchable in standing.items():
         pipe.eval(
             _STANDING_SCRIPT,
@@ -124,7 +129,7 @@ def set_standing(r: redis.Redis, standing: dict[int, bool]) -> None:
             seen_key(),
             driver_id,
             int(dispatchable),
-            fresh_since,
+            since,
         )
     pipe.execute()
 
@@ -194,8 +199,7 @@ def drivers_near(r: redis.Redis, lat: float, lng: float, radius_km: float) -> li
     """Drivers whose position, reported within LOCATION_STALE_S, lies within `radius_km` of
     the point, nearest first."""
     pipe = r.pipeline(transaction=True)
-    since = time.time() - settings.location_stale_s
-    pipe.eval(_DROP_STALE_SCRIPT, 2, geo_key(), seen_key(), since)
+    pipe.eval(_DROP_STALE_SCRIPT, 2, geo_key(), seen_key(), fresh_since())
     pipe.execute_command(
         "GEOSEARCH",
         geo_key(),
